@@ -1,0 +1,34 @@
+# Shared helpers for rig/ scripts (sourced).  Caches live outside the repo under $VFIOLAB_CACHE.
+: "${VFIOLAB_CACHE:=$HOME/.cache/vfiolab}"
+export VFIOLAB_CACHE
+mkdir -p "$VFIOLAB_CACHE"
+
+log() { printf 'rig: %s\n' "$*" >&2; }
+
+# The Debian mirror configured on this machine (never hard-coded: read from apt's sources).
+debian_mirror() {
+  local m
+  m=$(grep -hoE '^(URIs:|deb)[[:space:]]+(\[[^]]*\][[:space:]]+)?https?://[^[:space:]]+' \
+        /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources 2>/dev/null \
+      | grep -oE 'https?://[^[:space:]]+' | grep -v -- '-security' | grep -i debian | head -n1)
+  [ -n "$m" ] || { log "no Debian mirror found in apt sources"; return 1; }
+  printf '%s\n' "${m%/}"
+}
+
+# Run apt-get against a private one-suite list (e.g. sid) without touching the system's sources.
+# usage: private_apt SUITE apt-get-args...
+private_apt() {
+  local suite=$1; shift
+  local dir="$VFIOLAB_CACHE/apt-$suite"
+  mkdir -p "$dir/lists/partial" "$dir/archives/partial"
+  if [ ! -s "$dir/sources.list" ]; then
+    printf 'deb %s %s main\n' "$(debian_mirror)" "$suite" > "$dir/sources.list"
+  fi
+  local opts=(-o "Dir::Etc::SourceList=$dir/sources.list" -o "Dir::Etc::SourceParts=/dev/null"
+              -o "Dir::State::Lists=$dir/lists" -o "Dir::Cache::Archives=$dir/archives"
+              -o "APT::Get::List-Cleanup=0")
+  if [ ! -e "$dir/lists/.updated" ]; then
+    apt-get "${opts[@]}" update -q >&2 && touch "$dir/lists/.updated"
+  fi
+  apt-get "${opts[@]}" "$@"
+}

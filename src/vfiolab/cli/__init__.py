@@ -1,0 +1,1 @@
+"""The ``vfiolab`` command line."""

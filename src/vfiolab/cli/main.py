@@ -1,0 +1,67 @@
+"""Entry point of the ``vfiolab`` command: subcommands are loaded lazily, one module each."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import click
+
+from vfiolab import __version__
+from vfiolab.errors import VfiolabError
+
+# name -> (module, attribute, one-line help); a command's module is imported only when it runs.
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "lspci": ("vfiolab.cli.lspci", "lspci", "List PCI functions as pciutils' lspci does."),
+    "groups": ("vfiolab.cli.groups", "groups", "IOMMU groups as Linux forms them."),
+    "demo": ("vfiolab.cli.demo", "demo", "Build the default platform, enumerate it, show groups and why."),
+}
+
+
+class LazyGroup(click.Group):
+    """A click group whose subcommands live in their own modules."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        entry = COMMANDS.get(cmd_name)
+        if entry is None:
+            return None
+        module = importlib.import_module(entry[0])
+        cmd: click.Command = getattr(module, entry[1])
+        return cmd
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(name, COMMANDS[name][2]) for name in sorted(COMMANDS)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="vfiolab")
+def cli() -> None:
+    """vfiolab: the Linux PCI / IOMMU / VFIO stack as an executable model."""
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; user errors print one line on stderr and exit 1, never a traceback."""
+    try:
+        cli.main(args=argv, prog_name="vfiolab", standalone_mode=False)
+    except click.exceptions.Exit as e:
+        return int(e.exit_code or 0)
+    except click.ClickException as e:
+        e.show()
+        return e.exit_code
+    except click.exceptions.Abort:
+        return 130
+    except VfiolabError as e:
+        click.echo(f"vfiolab: {e}", err=True)
+        return 1
+    except BrokenPipeError:
+        return 0
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,5 @@
+"""The PCI layer: configuration space, capabilities, functions, topology, enumeration, groups, lspci."""
+
+from vfiolab.pci.config import ConfigAccessError, ConfigSpace
+
+__all__ = ["ConfigAccessError", "ConfigSpace"]

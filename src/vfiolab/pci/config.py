@@ -1,0 +1,168 @@
+"""PCI configuration space of one function: bytes plus per-bit write semantics.
+
+Every byte carries masks saying how software writes affect its bits (PCIe Base spec §7.4 register
+attributes): RO (no mask), RW, RW1C, RW1S, HwInit (writable once by firmware, then RO) and sticky
+(kept across a non-fundamental reset).  Devices hook dwords to react to writes (BAR sizing needs no
+hook: the RW mask alone makes "write all ones, read the mask" work, as in hardware).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Final
+
+CFG_SIZE: Final = 4096
+LEGACY_SIZE: Final = 256
+
+# Reset kinds, weakest first.  "fundamental" also clears sticky bits and re-arms HwInit.
+RESET_FLR: Final = "flr"
+RESET_HOT: Final = "hot"
+RESET_FUNDAMENTAL: Final = "fundamental"
+
+WriteHook = Callable[[int, int, int, int], None]
+"""hook(offset, size, old_dword, new_dword): called after a software write lands in a hooked dword."""
+
+ReadHook = Callable[[int], int]
+"""hook(dword_offset) -> current dword value: for registers whose value is computed on read."""
+
+
+class ConfigAccessError(ValueError):
+    """A config access with a bad size, alignment or offset (Linux: PCIBIOS_BAD_REGISTER_NUMBER)."""
+
+
+class ConfigSpace:
+    """4 KiB (or 256-byte conventional) configuration space with per-bit write attributes."""
+
+    __slots__ = ("size", "data", "rw", "w1c", "w1s", "hwinit", "sticky", "_hwinit_armed",
+                 "_defaults", "_write_hooks", "_read_hooks")
+
+    def __init__(self, size: int = CFG_SIZE) -> None:
+        if size not in (LEGACY_SIZE, CFG_SIZE):
+            raise ValueError(f"config space size must be 256 or 4096, not {size}")
+        self.size = size
+        self.data = bytearray(size)
+        self.rw = bytearray(size)
+        self.w1c = bytearray(size)
+        self.w1s = bytearray(size)
+        self.hwinit = bytearray(size)
+        self.sticky = bytearray(size)
+        self._hwinit_armed = bytearray(size)
+        self._defaults: bytes | None = None
+        self._write_hooks: dict[int, list[WriteHook]] = {}
+        self._read_hooks: dict[int, ReadHook] = {}
+
+    # ------------------------------------------------------------------ model (hardware) side
+    def get(self, off: int, size: int) -> int:
+        """Read bits as the hardware holds them (no read hooks, no access checks)."""
+        return int.from_bytes(self.data[off:off + size], "little")
+
+    def set(self, off: int, size: int, value: int) -> None:
+        """Set bits as the hardware does, ignoring write attributes."""
+        self.data[off:off + size] = (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little")
+
+    def set_attrs(self, off: int, size: int, *, rw: int = 0, w1c: int = 0, w1s: int = 0,
+                  hwinit: int = 0, sticky: int = 0) -> None:
+        """Declare the write attributes of a register's bits (bits not named are RO)."""
+        for mask, arr in ((rw, self.rw), (w1c, self.w1c), (w1s, self.w1s), (hwinit, self.hwinit),
+                          (sticky, self.sticky)):
+            arr[off:off + size] = mask.to_bytes(size, "little")
+        self._hwinit_armed[off:off + size] = hwinit.to_bytes(size, "little")
+
+    def init_reg(self, off: int, size: int, value: int, *, rw: int = 0, w1c: int = 0, w1s: int = 0,
+                 hwinit: int = 0, sticky: int = 0) -> None:
+        """Set a register's reset value and its write attributes in one call."""
+        self.set(off, size, value)
+        self.set_attrs(off, size, rw=rw, w1c=w1c, w1s=w1s, hwinit=hwinit, sticky=sticky)
+
+    def add_write_hook(self, off: int, size: int, hook: WriteHook) -> None:
+        """Call ``hook`` after any software write touching [off, off+size)."""
+        for dw in range(off >> 2, (off + size + 3) >> 2):
+            self._write_hooks.setdefault(dw, []).append(hook)
+
+    def set_read_hook(self, off: int, hook: ReadHook) -> None:
+        """Compute dword ``off`` (aligned) on every software read."""
+        self._read_hooks[off >> 2] = hook
+
+    def seal(self) -> None:
+        """Record the current bytes as the reset values (call once the function is built)."""
+        self._defaults = bytes(self.data)
+
+    def reset(self, kind: str = RESET_FLR) -> None:
+        """Return to reset values; sticky bits survive all but a fundamental reset."""
+        if self._defaults is None:
+            return
+        if kind == RESET_FUNDAMENTAL:
+            self.data[:] = self._defaults
+            self._hwinit_armed[:] = self.hwinit
+            return
+        # Keep sticky bits, restore everything else.  Done on the whole space at once as ints.
+        n = self.size
+        cur = int.from_bytes(self.data, "little")
+        dflt = int.from_bytes(self._defaults, "little")
+        st = int.from_bytes(self.sticky, "little")
+        self.data[:] = ((cur & st) | (dflt & ~st)).to_bytes(n, "little")
+
+    # ------------------------------------------------------------------ software (config cycle) side
+    def _check(self, off: int, size: int) -> None:
+        if size not in (1, 2, 4):
+            raise ConfigAccessError(f"config access size {size} (must be 1, 2 or 4)")
+        if off & (size - 1):
+            raise ConfigAccessError(f"config access at {off:#x} not aligned to {size}")
+        if off < 0 or off + size > self.size:
+            raise ConfigAccessError(f"config offset {off:#x} outside {self.size}-byte space")
+
+    def read(self, off: int, size: int) -> int:
+        """A configuration read cycle of 1, 2 or 4 naturally aligned bytes."""
+        if size not in (1, 2, 4) or off & (size - 1) or off < 0 or off + size > self.size:
+            self._check(off, size)
+        if self._read_hooks:
+            hook = self._read_hooks.get(off >> 2)
+            if hook is not None:
+                dw = hook(off & ~3)
+                return (dw >> (8 * (off & 3))) & ((1 << (8 * size)) - 1)
+        return int.from_bytes(self.data[off:off + size], "little")
+
+    def write(self, off: int, size: int, value: int) -> None:
+        """A configuration write cycle: each bit follows its attribute (RO, RW, RW1C, RW1S, HwInit)."""
+        if size not in (1, 2, 4) or off & (size - 1) or off < 0 or off + size > self.size:
+            self._check(off, size)
+        end = off + size
+        value &= (1 << (8 * size)) - 1
+        old = int.from_bytes(self.data[off:end], "little")
+        rw = int.from_bytes(self.rw[off:end], "little")
+        w1c = int.from_bytes(self.w1c[off:end], "little")
+        w1s = int.from_bytes(self.w1s[off:end], "little")
+        armed = int.from_bytes(self._hwinit_armed[off:end], "little")
+        new = (old & ~rw) | (value & rw)
+        if w1c:
+            new &= ~(value & w1c)
+        if w1s:
+            new |= value & w1s
+        if armed:
+            # HwInit: firmware may write the field once after reset; later writes are ignored.
+            new = (new & ~armed) | (value & armed)
+            self._hwinit_armed[off:end] = bytes(size)
+        if new != old:
+            self.data[off:end] = new.to_bytes(size, "little")
+        if self._write_hooks:
+            dwi = off >> 2
+            hooks = self._write_hooks.get(dwi)
+            if hooks:
+                base = dwi << 2
+                old_dw = (int.from_bytes(self.data[base:base + 4], "little") & ~(
+                    ((1 << (8 * size)) - 1) << (8 * (off - base)))) | (old << (8 * (off - base)))
+                new_dw = int.from_bytes(self.data[base:base + 4], "little")
+                for hook in hooks:
+                    hook(off, size, old_dw, new_dw)
+
+    def dump(self, length: int | None = None) -> bytes:
+        """The bytes software would read, dword by dword (read hooks applied)."""
+        n = self.size if length is None else min(length, self.size)
+        if not self._read_hooks:
+            return bytes(self.data[:n])
+        out = bytearray(self.data[:n])
+        for dwi, hook in self._read_hooks.items():
+            base = dwi << 2
+            if base < n:
+                out[base:base + 4] = hook(base).to_bytes(4, "little")[: n - base]
+        return bytes(out)
