@@ -8,6 +8,7 @@ lspci's ``<unreadable>``/``<chain broken>`` at the same places.
 from __future__ import annotations
 
 import io
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 Out = io.StringIO
@@ -16,6 +17,11 @@ Out = io.StringIO
 def flag(value: int, mask: int) -> str:
     """lspci's ``FLAG(x, y)``: ``+`` when any bit of ``mask`` is set in ``value``, else ``-``."""
     return "+" if value & mask else "-"
+
+
+def flags(value: int, table: Iterable[tuple[int, str]]) -> str:
+    """A run of lspci ``Label+``/``Label-`` flags, one per (mask, label) of ``table``, space-separated."""
+    return " ".join(label + ("+" if value & mask else "-") for mask, label in table)
 
 
 @dataclass
