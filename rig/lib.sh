@@ -17,8 +17,13 @@ debian_mirror() {
 
 # Run apt-get against a private one-suite list (e.g. sid) without touching the system's sources.
 # usage: private_apt SUITE apt-get-args...
-private_apt() {
-  local suite=$1; shift
+private_apt() { _private_apt_run apt-get "$@"; }
+
+# The same for apt-cache (e.g. `private_apt_cache sid pkgnames linux-binary-7.2`).
+private_apt_cache() { _private_apt_run apt-cache "$@"; }
+
+_private_apt_run() {
+  local tool=$1 suite=$2; shift 2
   local dir="$VFIOLAB_CACHE/apt-$suite"
   mkdir -p "$dir/lists/partial" "$dir/archives/partial"
   if [ ! -s "$dir/sources.list" ]; then
@@ -30,5 +35,5 @@ private_apt() {
   if [ ! -e "$dir/lists/.updated" ]; then
     apt-get "${opts[@]}" update -q >&2 && touch "$dir/lists/.updated"
   fi
-  apt-get "${opts[@]}" "$@"
+  "$tool" "${opts[@]}" "$@"
 }
