@@ -10,7 +10,7 @@ from typing import ClassVar, Final
 
 from vfiolab.pci.caps.base import Capability, register_decoder
 from vfiolab.pci.config import ConfigSpace
-from vfiolab.pci.decode import DecodeContext, Out, flag
+from vfiolab.pci.decode import DecodeContext, Out, flag, flags
 
 PMC: Final = 2
 PMCSR: Final = 4
@@ -101,8 +101,8 @@ class PmCap(Capability):
 
 
 _AUX_MA: Final = (0, 55, 100, 160, 220, 270, 320, 375)  # PMC AuxCurrent encoding, in mA
-_PMC_FLAGS: Final = (("PMEClk", PMC_PME_CLOCK), ("DSI", PMC_DSI), ("D1", PMC_D1), ("D2", PMC_D2))
-_PME_FROM: Final = (("D0", 0x0800), ("D1", 0x1000), ("D2", 0x2000), ("D3hot", 0x4000), ("D3cold", 0x8000))
+_PMC_FLAGS: Final = ((PMC_PME_CLOCK, "PMEClk"), (PMC_DSI, "DSI"), (PMC_D1, "D1"), (PMC_D2, "D2"))
+_PME_FROM: Final = ((0x0800, "D0"), (0x1000, "D1"), (0x2000, "D2"), (0x4000, "D3hot"), (0x8000, "D3cold"))
 
 
 @register_decoder(0x01)
@@ -112,9 +112,8 @@ def decode_pm(ctx: DecodeContext, out: Out, where: int) -> None:
     out.write(f"Power Management version {cap & 7}\n")
     if ctx.verbose < 2:
         return
-    out.write("\t\tFlags: " + " ".join(f"{n}{flag(cap, m)}" for n, m in _PMC_FLAGS)
-              + f" AuxCurrent={_AUX_MA[(cap >> 6) & 7]}mA PME("
-              + ",".join(f"{n}{flag(cap, m)}" for n, m in _PME_FROM) + ")\n")
+    out.write(f"\t\tFlags: {flags(cap, _PMC_FLAGS)} AuxCurrent={_AUX_MA[(cap >> 6) & 7]}mA "
+              "PME(" + ",".join(label + flag(cap, mask) for mask, label in _PME_FROM) + ")\n")
     if not ctx.fetch(where + PMCSR, 4):
         return
     t = ctx.r16(where + PMCSR)

@@ -10,27 +10,27 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Final
 
-from vfiolab.pci.decode import flag
+from vfiolab.pci.decode import flags
 from vfiolab.pci.lspci.device import HDR_BRIDGE, HDR_CARDBUS, HDR_NORMAL, Device
 
 Write = Callable[[str], object]
 CapWalker = Callable[[Device, int], None]
 
-_CONTROL: Final = (("I/O", 0x1), ("Mem", 0x2), ("BusMaster", 0x4), ("SpecCycle", 0x8), ("MemWINV", 0x10),
-                   ("VGASnoop", 0x20), ("ParErr", 0x40), ("Stepping", 0x80), ("SERR", 0x100),
-                   ("FastB2B", 0x200), ("DisINTx", 0x400))
-_STATUS_A: Final = (("Cap", 0x10), ("66MHz", 0x20), ("UDF", 0x40), ("FastB2B", 0x80), ("ParErr", 0x100))
-_STATUS_B: Final = ((">TAbort", 0x800), ("<TAbort", 0x1000), ("<MAbort", 0x2000), (">SERR", 0x4000),
-                    ("<PERR", 0x8000), ("INTx", 0x8))
-_SEC_STATUS_A: Final = (("66MHz", 0x20), ("FastB2B", 0x80), ("ParErr", 0x100))
-_SEC_STATUS_B: Final = ((">TAbort", 0x800), ("<TAbort", 0x1000), ("<MAbort", 0x2000), ("<SERR", 0x4000),
-                        ("<PERR", 0x8000))
-_BRIDGE_CTL: Final = (("Parity", 0x1), ("SERR", 0x2), ("NoISA", 0x4), ("VGA", 0x8), ("VGA16", 0x10),
-                      ("MAbort", 0x20), (">Reset", 0x40), ("FastB2B", 0x80))
-_BRIDGE_CTL2: Final = (("PriDiscTmr", 0x100), ("SecDiscTmr", 0x200), ("DiscTmrStat", 0x400),
-                       ("DiscTmrSERREn", 0x800))
-_CB_BRIDGE_CTL: Final = (("Parity", 0x1), ("SERR", 0x2), ("ISA", 0x4), ("VGA", 0x8), ("MAbort", 0x20),
-                         (">Reset", 0x40), ("16bInt", 0x80), ("PostWrite", 0x400))
+_CONTROL: Final = ((0x1, "I/O"), (0x2, "Mem"), (0x4, "BusMaster"), (0x8, "SpecCycle"), (0x10, "MemWINV"),
+                   (0x20, "VGASnoop"), (0x40, "ParErr"), (0x80, "Stepping"), (0x100, "SERR"),
+                   (0x200, "FastB2B"), (0x400, "DisINTx"))
+_STATUS_A: Final = ((0x10, "Cap"), (0x20, "66MHz"), (0x40, "UDF"), (0x80, "FastB2B"), (0x100, "ParErr"))
+_STATUS_B: Final = ((0x800, ">TAbort"), (0x1000, "<TAbort"), (0x2000, "<MAbort"), (0x4000, ">SERR"),
+                    (0x8000, "<PERR"), (0x8, "INTx"))
+_SEC_STATUS_A: Final = ((0x20, "66MHz"), (0x80, "FastB2B"), (0x100, "ParErr"))
+_SEC_STATUS_B: Final = ((0x800, ">TAbort"), (0x1000, "<TAbort"), (0x2000, "<MAbort"), (0x4000, "<SERR"),
+                        (0x8000, "<PERR"))
+_BRIDGE_CTL: Final = ((0x1, "Parity"), (0x2, "SERR"), (0x4, "NoISA"), (0x8, "VGA"), (0x10, "VGA16"),
+                      (0x20, "MAbort"), (0x40, ">Reset"), (0x80, "FastB2B"))
+_BRIDGE_CTL2: Final = ((0x100, "PriDiscTmr"), (0x200, "SecDiscTmr"), (0x400, "DiscTmrStat"),
+                       (0x800, "DiscTmrSERREn"))
+_CB_BRIDGE_CTL: Final = ((0x1, "Parity"), (0x2, "SERR"), (0x4, "ISA"), (0x8, "VGA"), (0x20, "MAbort"),
+                         (0x40, ">Reset"), (0x80, "16bInt"), (0x400, "PostWrite"))
 _DEVSEL: Final = ("fast", "medium", "slow", "??")
 _MEM_TYPE: Final = ("32-bit", "low-1M", "64-bit", "type 3")
 _FLAGS_WORDS: Final = ((0x4, "bus master, "), (0x20, "VGA palette snoop, "), (0x80, "stepping, "),
@@ -40,11 +40,6 @@ CMD_IO: Final = 0x1
 CMD_MEM: Final = 0x2
 CMD_MASTER: Final = 0x4
 U64: Final = (1 << 64) - 1
-
-
-def flags(value: int, table: tuple[tuple[str, int], ...]) -> str:
-    """``Name+ Name- ...`` for a table of (name, mask)."""
-    return " ".join(f"{name}{flag(value, mask)}" for name, mask in table)
 
 
 def _size(x: int) -> str:

@@ -65,7 +65,7 @@ class PciIds:
             p = line.lstrip("\t")
             nest = len(line) - len(p)
 
-            def err(msg: str = "Parse error") -> VfiolabError:
+            def err(msg: str = "Parse error", lino: int = lino) -> VfiolabError:
                 return VfiolabError(f"{msg} at {source}, line {lino}")
 
             if nest == 0:

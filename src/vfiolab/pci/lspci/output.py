@@ -87,15 +87,18 @@ def render_text(funcs: list[DumpedFunction], opts: LspciOptions) -> Rendered:
         return Rendered(show_tree(devs, flt, label), warnings)
     out = io.StringIO()
     w = out.write
+
+    def caps(dev: Device, ptr: int) -> None:
+        for c in walk_caps(dev, decode_context(dev, opts.verbose, namer), ptr):
+            w(c.prefix)
+            w(c.text)
+
     for d in devs:
         if flt is not None and not flt.match(d.domain, d.bus, d.dev, d.func):
             continue
         w(_terse(d, opts, namer, show_domain))
         if opts.verbose:
-            show_verbose_header(
-                w, d, opts.verbose,
-                lambda dev, ptr: w("".join(c.prefix + c.text for c in walk_caps(
-                    dev, decode_context(dev, opts.verbose, namer), ptr))))
+            show_verbose_header(w, d, opts.verbose, caps)
         if opts.hex:
             w(_hexdump(d, opts.hex))
         if opts.verbose or opts.hex:
