@@ -4,7 +4,8 @@ capability) the extended chain, each capability printed by its registered decode
 Rules from pciutils 3.9 ``ls-caps.c`` show_caps() and ``ls-ecaps.c`` show_ext_caps(): loop and
 broken-chain detection, ``<access denied>`` when a dump stops short, name-only and generic texts for
 IDs lspci 3.9 does not decode.  Decoders live one per file in ``vfiolab.pci.caps`` and register
-themselves on import; every module of that package is imported here, so new files are picked up.
+themselves on import; every module of that package is imported here, so new files are picked up, and
+``legacy_caps`` fills in lspci's decoders for conventional-PCI capabilities nobody builds.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Final
 import vfiolab.pci.caps as caps_pkg
 from vfiolab.pci.caps.base import EXT_DECODERS, STD_DECODERS, Decoder
 from vfiolab.pci.decode import DecodeContext
+from vfiolab.pci.lspci import legacy_caps
 from vfiolab.pci.lspci.device import Device
 
 # IDs lspci 3.9 names without decoding (ls-caps.c / ls-ecaps.c switch cases that only print a name).
@@ -63,6 +65,8 @@ def load_decoders() -> None:
         return
     for info in pkgutil.iter_modules(caps_pkg.__path__):
         importlib.import_module(f"{caps_pkg.__name__}.{info.name}")
+    # Conventional-PCI capabilities the model never builds still print as lspci prints them.
+    legacy_caps.register_missing()
     _loaded = True
 
 

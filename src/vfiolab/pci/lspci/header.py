@@ -42,6 +42,14 @@ CMD_MASTER: Final = 0x4
 U64: Final = (1 << 64) - 1
 
 
+def _pin_char(pin: int) -> str:
+    # lspci.c prints 'A' + pin - 1 with %c: any byte value, kept raw (surrogateescape) above 0x7f.
+    if not pin:
+        return "?"
+    b = (0x40 + pin) & 0xFF
+    return chr(b) if b < 0x80 else chr(0xDC00 + b)
+
+
 def _size(x: int) -> str:
     # lspci.c show_size(): the largest unit that divides evenly, printed as an unsigned 32-bit number.
     if not x:
@@ -231,7 +239,7 @@ def show_verbose_header(w: Write, d: Device, verbose: int, walk_caps: CapWalker)
     if verbose > 1:
         pin = 0 if unknown else d.rd8(0x3D)
         if pin or d.irq:
-            w(f"\tInterrupt: pin {chr(ord('A') + pin - 1) if pin else '?'} routed to IRQ {d.irq}\n")
+            w(f"\tInterrupt: pin {_pin_char(pin)} routed to IRQ {d.irq}\n")
     if not unknown and verbose <= 1:
         text = "\tFlags: " + "".join(word for mask, word in _FLAGS_WORDS if cmd & mask)
         text += "66MHz, " if status & 0x20 else ""
