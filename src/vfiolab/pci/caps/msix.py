@@ -29,12 +29,14 @@ class MsixCap(Capability):
     cap_id: ClassVar[int] = 0x11
     name: ClassVar[str] = "MSI-X"
 
-    def __init__(self, table_size: int, table_bar: int = 0, table_offset: int = 0, pba_bar: int = 0,
+    def __init__(self, table_size: int, table_bar: int = 0, table_offset: int = 0, pba_bar: int | None = None,
                  pba_offset: int | None = None) -> None:
         if not 1 <= table_size <= 2048:
             raise ValueError(f"MsixCap: table_size must be 1..2048, not {table_size}")
+        if pba_bar is None:
+            pba_bar = table_bar  # default: the PBA shares the table's BAR ...
         if pba_offset is None:
-            # Default: the PBA right after the table in the same BAR, 8-byte aligned.
+            # ... and starts right after the table there (16-byte entries keep it 8-byte aligned).
             pba_offset = table_offset + table_size * ENTRY_SIZE if pba_bar == table_bar else 0
         for what, bar, offset in (("table", table_bar, table_offset), ("PBA", pba_bar, pba_offset)):
             if not 0 <= bar <= 5:

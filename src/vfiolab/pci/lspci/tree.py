@@ -35,17 +35,25 @@ class _Bridge:
     dev: Device | None
     children: list[_Bridge] = field(default_factory=list)  # newest first, as ls-tree.c links them
     buses: list[_Bus] = field(default_factory=list)
+    _bus_index: dict[tuple[int, int], _Bus] = field(default_factory=dict)
+    _route: dict[tuple[int, int], _Bridge | None] = field(default_factory=dict)
 
     def find_bus(self, domain: int, number: int) -> _Bus | None:
-        for bus in self.buses:
-            if bus.domain == domain and bus.number == number:
-                return bus
-        return None
+        return self._bus_index.get((domain, number))
 
     def new_bus(self, domain: int, number: int) -> _Bus:
         bus = _Bus(domain, number)
         self.buses.append(bus)
+        self._bus_index.setdefault((domain, number), bus)
         return bus
+
+    def child_for(self, domain: int, number: int) -> _Bridge | None:
+        """The first child whose bus range holds ``number`` (memoised: the tree is fixed by then)."""
+        key = (domain, number)
+        if key not in self._route:
+            self._route[key] = next((c for c in self.children
+                                     if c.domain == domain and c.secondary <= number <= c.subordinate), None)
+        return self._route[key]
 
 
 class _Forest:
@@ -71,8 +79,12 @@ class _Forest:
                         (best is None or (best.subordinate - best.primary) & _U32 >
                          (c.subordinate - c.primary) & _U32):
                     best = c
+                    if not (best.subordinate - best.primary) & _U32:
+                        break  # a span of 0 (the host bridge's) can never be beaten
             if best is not None:
-                best.children.insert(0, b)
+                best.children.append(b)
+        for b in self.chain:
+            b.children.reverse()
         for b in self.chain:
             if b.find_bus(b.domain, b.secondary) is None:
                 b.new_bus(b.domain, b.secondary)
@@ -82,10 +94,10 @@ class _Forest:
     def _insert(self, d: Device, b: _Bridge) -> None:
         bus = b.find_bus(d.domain, d.bus)
         if bus is None:
-            for c in b.children:
-                if c.domain == d.domain and c.secondary <= d.bus <= c.subordinate:
-                    self._insert(d, c)
-                    return
+            c = b.child_for(d.domain, d.bus)
+            if c is not None:
+                self._insert(d, c)
+                return
             bus = b.new_bus(d.domain, d.bus)
         bus.devices.append(d)
 
