@@ -531,17 +531,21 @@ def _dec_flexbus(v: DvsecView, out: Out) -> None:
     if v.revision < 1:
         out.write(f"\t\tRevision {v.revision} not supported\n")
         return
+    # Text goes out in lspci's pieces (each line's newline opens the next piece) so that output cut by
+    # lspci dying on a short structure ends at the same character.
     c = CxlFlexBusDvsec
     rev2 = v.revision > 1
+    sep = ""
     for label, rel, table in (("FBCap", c.CAP, _FB_CAP), ("FBCtl", c.CTRL, _FB_CTRL),
                               ("FBSta", c.STATUS, _FB_STATUS)):
         w = v.r16(rel)
-        out.write(f"\t\t{label}:\t{flags(w, table)}" + (" " + flags(w, _FB_REV2) if rev2 else "") + "\n")
-    out.write(f"\t\tFBModTS:\tReceived FB Data: {v.r32(c.MOD_TS) & 0xFFFFFF:06x}\n")
+        out.write(f"{sep}\t\t{label}:\t{flags(w, table)}" + (" " + flags(w, _FB_REV2) if rev2 else ""))
+        sep = "\n"
+    out.write(f"\n\t\tFBModTS:\tReceived FB Data: {v.r32(c.MOD_TS) & 0xFFFFFF:06x}\n")
     if rev2:
-        out.write(f"\t\tFBCap2:\tNOPHint{flag(v.r32(c.CAP2), 1)}\n"
-                  f"\t\tFBCtl2:\tNOPHint{flag(v.r32(c.CTRL2), 1)}\n"
-                  f"\t\tFBSta2:\tNOPHintInfo: {v.r32(c.STATUS2) & 3:x}\n")
+        out.write(f"\t\tFBCap2:\tNOPHint{flag(v.r32(c.CAP2), 1)}\n")
+        out.write(f"\t\tFBCtl2:\tNOPHint{flag(v.r32(c.CTRL2), 1)}\n")
+        out.write(f"\t\tFBSta2:\tNOPHintInfo: {v.r32(c.STATUS2) & 3:x}\n")
 
 
 _BLOCK_NAMES = ("empty", "component registers", "BAR virtualization", "CXL device registers",

@@ -142,9 +142,8 @@ class DoeCap(Capability):
             self._wbuf.append(new_dw)
 
         def read_mailbox(_: int) -> int:
-            if status() & self.STATUS_READY and not status() & self.STATUS_ERROR:
-                return self._rbuf[self._ridx]
-            return 0
+            ready = status() & self.STATUS_READY and not status() & self.STATUS_ERROR
+            return self._rbuf[self._ridx] if ready and self._ridx < len(self._rbuf) else 0
 
         def on_read_mailbox(woff: int, size: int, old_dw: int, new_dw: int) -> None:
             if size != 4:
