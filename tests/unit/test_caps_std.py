@@ -197,8 +197,8 @@ def test_msix_default_pba_follows_table() -> None:
     assert cap.pba_size == 8 and MsixCap(65).pba_size == 16
 
 
-@pytest.mark.parametrize("kwargs", [dict(table_size=0), dict(table_size=2049), dict(table_size=1, table_bar=6),
-                                    dict(table_size=1, table_offset=4), dict(table_size=1, pba_offset=0x1001)])
+@pytest.mark.parametrize("kwargs", [{"table_size": 0}, {"table_size": 2049}, {"table_size": 1, "table_bar": 6},
+                                    {"table_size": 1, "table_offset": 4}, {"table_size": 1, "pba_offset": 0x1001}])
 def test_msix_rejects_bad_layout(kwargs: dict[str, int]) -> None:
     with pytest.raises(ValueError):
         MsixCap(**kwargs)
