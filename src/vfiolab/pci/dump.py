@@ -25,6 +25,8 @@ class DumpedFunction:
     devfn: int
     config: bytes
     title: str = ""
+    resources: list[tuple[int, int, int]] | None = None  # sysfs ``resource`` lines (start, end, flags)
+    sysfs: dict[str, str] | None = None  # other sysfs attributes read by vfiolab.pci.sysfs
 
     @property
     def name(self) -> str:
