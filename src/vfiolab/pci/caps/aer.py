@@ -4,7 +4,7 @@ lspci decoder.
 Error status bits are RW1CS, masks/severities/enables RWS, the First Error Pointer, header log and
 error source IDs ROS: all survive a hot reset (sticky) and are cleared only by a fundamental reset.
 Root Ports and Root Complex Event Collectors also carry Root Error Command/Status and Error Source
-Identification (``root=True``).
+Identification (``root=True``).  Linux drivers/pci/pcie/aer.c reads and clears these registers.
 """
 
 from __future__ import annotations

@@ -43,7 +43,8 @@ class PriCap(Capability):
 
     def build(self, cs: ConfigSpace, off: int) -> None:
         cs.init_reg(off + self.CTRL, 2, 0, rw=self.CTRL_ENABLE | self.CTRL_RESET)
-        # Stopped defaults to 1b: nothing is outstanding while PRI is disabled.
+        # Stopped defaults to 1b: nothing is outstanding while PRI is disabled (drivers/pci/ats.c
+        # pci_enable_pri refuses to enable PRI unless it reads Stopped set).
         status = self.STATUS_STOPPED | (self.STATUS_PASID if self.prg_pasid_required else 0)
         cs.init_reg(off + self.STATUS, 2, status, w1c=self.STATUS_RF | self.STATUS_UPRGI)
         cs.init_reg(off + self.MAX_REQ, 4, self.capacity)
