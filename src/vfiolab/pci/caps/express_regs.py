@@ -1,0 +1,254 @@
+"""Register layout of the PCI Express Capability (ID 0x10): offsets, fields, port types, register presence.
+
+Numbers are the PCIe Base specification's (§7.5.3), named as in Linux ``include/uapi/linux/pci_regs.h``;
+the builder (express.py) and the lspci decoder (express_lspci.py) share them.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+CAP_ID_EXP: Final = 0x10
+
+# Device/Port Type values (PCI_EXP_TYPE_* in pci_regs.h)
+TYPE_ENDPOINT: Final = 0x0
+TYPE_LEG_END: Final = 0x1
+TYPE_ROOT_PORT: Final = 0x4
+TYPE_UPSTREAM: Final = 0x5
+TYPE_DOWNSTREAM: Final = 0x6
+TYPE_PCI_BRIDGE: Final = 0x7
+TYPE_PCIE_BRIDGE: Final = 0x8
+TYPE_RC_END: Final = 0x9
+TYPE_RC_EC: Final = 0xA
+
+PORT_TYPES: Final = frozenset({TYPE_ENDPOINT, TYPE_LEG_END, TYPE_ROOT_PORT, TYPE_UPSTREAM, TYPE_DOWNSTREAM,
+                               TYPE_PCI_BRIDGE, TYPE_PCIE_BRIDGE, TYPE_RC_END, TYPE_RC_EC})
+# drivers/pci/pci.h pcie_downstream_port(): the types whose Link faces away from the Root Complex.
+DOWNSTREAM_FACING: Final = frozenset({TYPE_ROOT_PORT, TYPE_DOWNSTREAM, TYPE_PCIE_BRIDGE})
+# Upstream-facing Functions with a Link (the rest of drivers/pci/access.c pcie_cap_has_lnkctl()).
+UPSTREAM_FACING: Final = frozenset({TYPE_ENDPOINT, TYPE_LEG_END, TYPE_UPSTREAM, TYPE_PCI_BRIDGE})
+HAS_LINK: Final = DOWNSTREAM_FACING | UPSTREAM_FACING
+# drivers/pci/access.c pcie_cap_has_rtctl()
+HAS_ROOT: Final = frozenset({TYPE_ROOT_PORT, TYPE_RC_EC})
+ENDPOINTS: Final = frozenset({TYPE_ENDPOINT, TYPE_LEG_END, TYPE_RC_END})
+
+# PCI Express Capabilities register (+0x02)
+FLAGS: Final = 0x02
+FLAGS_VERS: Final = 0x000F
+FLAGS_TYPE: Final = 0x00F0
+FLAGS_SLOT: Final = 0x0100
+FLAGS_IRQ: Final = 0x3E00
+FLAGS_FLIT: Final = 0x8000
+
+# Device Capabilities / Control / Status
+DEVCAP: Final = 0x04
+DEVCAP_PAYLOAD: Final = 0x00000007
+DEVCAP_PHANTOM: Final = 0x00000018
+DEVCAP_EXT_TAG: Final = 0x00000020
+DEVCAP_L0S: Final = 0x000001C0
+DEVCAP_L1: Final = 0x00000E00
+DEVCAP_ATN_BUT: Final = 0x00001000
+DEVCAP_ATN_IND: Final = 0x00002000
+DEVCAP_PWR_IND: Final = 0x00004000
+DEVCAP_RBER: Final = 0x00008000
+DEVCAP_PWR_VAL: Final = 0x03FC0000
+DEVCAP_PWR_SCL: Final = 0x0C000000
+DEVCAP_FLR: Final = 0x10000000
+DEVCTL: Final = 0x08
+DEVCTL_CERE: Final = 0x0001
+DEVCTL_NFERE: Final = 0x0002
+DEVCTL_FERE: Final = 0x0004
+DEVCTL_URRE: Final = 0x0008
+DEVCTL_RELAX_EN: Final = 0x0010
+DEVCTL_PAYLOAD: Final = 0x00E0
+DEVCTL_EXT_TAG: Final = 0x0100
+DEVCTL_PHANTOM: Final = 0x0200
+DEVCTL_AUX_PME: Final = 0x0400
+DEVCTL_NOSNOOP_EN: Final = 0x0800
+DEVCTL_READRQ: Final = 0x7000
+DEVCTL_BCR_FLR: Final = 0x8000
+DEVSTA: Final = 0x0A
+DEVSTA_CED: Final = 0x0001
+DEVSTA_NFED: Final = 0x0002
+DEVSTA_FED: Final = 0x0004
+DEVSTA_URD: Final = 0x0008
+DEVSTA_AUXPD: Final = 0x0010
+DEVSTA_TRPND: Final = 0x0020
+DEVSTA_EPRD: Final = 0x0040
+
+# Link Capabilities / Control / Status
+LNKCAP: Final = 0x0C
+LNKCAP_SLS: Final = 0x0000000F
+LNKCAP_MLW: Final = 0x000003F0
+LNKCAP_ASPMS: Final = 0x00000C00
+LNKCAP_L0SEL: Final = 0x00007000
+LNKCAP_L1EL: Final = 0x00038000
+LNKCAP_CLKPM: Final = 0x00040000
+LNKCAP_SDERC: Final = 0x00080000
+LNKCAP_DLLLARC: Final = 0x00100000
+LNKCAP_LBNC: Final = 0x00200000
+LNKCAP_AOC: Final = 0x00400000
+LNKCAP_PN: Final = 0xFF000000
+LNKCTL: Final = 0x10
+LNKCTL_ASPMC: Final = 0x0003
+LNKCTL_RCB: Final = 0x0008
+LNKCTL_LD: Final = 0x0010
+LNKCTL_RL: Final = 0x0020
+LNKCTL_CCC: Final = 0x0040
+LNKCTL_ES: Final = 0x0080
+LNKCTL_CLKREQ_EN: Final = 0x0100
+LNKCTL_HAWD: Final = 0x0200
+LNKCTL_LBMIE: Final = 0x0400
+LNKCTL_LABIE: Final = 0x0800
+LNKCTL_DRS_CTL: Final = 0xC000
+LNKSTA: Final = 0x12
+LNKSTA_CLS: Final = 0x000F
+LNKSTA_NLW: Final = 0x03F0
+LNKSTA_LT: Final = 0x0800
+LNKSTA_SLC: Final = 0x1000
+LNKSTA_DLLLA: Final = 0x2000
+LNKSTA_LBMS: Final = 0x4000
+LNKSTA_LABS: Final = 0x8000
+
+# Slot Capabilities / Control / Status
+SLTCAP: Final = 0x14
+SLTCAP_ABP: Final = 0x00000001
+SLTCAP_PCP: Final = 0x00000002
+SLTCAP_MRLSP: Final = 0x00000004
+SLTCAP_AIP: Final = 0x00000008
+SLTCAP_PIP: Final = 0x00000010
+SLTCAP_HPS: Final = 0x00000020
+SLTCAP_HPC: Final = 0x00000040
+SLTCAP_SPLV: Final = 0x00007F80
+SLTCAP_SPLS: Final = 0x00018000
+SLTCAP_EIP: Final = 0x00020000
+SLTCAP_NCCS: Final = 0x00040000
+SLTCAP_PSN: Final = 0xFFF80000
+SLTCTL: Final = 0x18
+SLTCTL_ABPE: Final = 0x0001
+SLTCTL_PFDE: Final = 0x0002
+SLTCTL_MRLSCE: Final = 0x0004
+SLTCTL_PDCE: Final = 0x0008
+SLTCTL_CCIE: Final = 0x0010
+SLTCTL_HPIE: Final = 0x0020
+SLTCTL_AIC: Final = 0x00C0
+SLTCTL_PIC: Final = 0x0300
+SLTCTL_PCC: Final = 0x0400
+SLTCTL_EIC: Final = 0x0800
+SLTCTL_DLLSCE: Final = 0x1000
+SLTCTL_ASPL_DISABLE: Final = 0x2000
+SLTCTL_IBPD_DISABLE: Final = 0x4000
+SLTSTA: Final = 0x1A
+SLTSTA_ABP: Final = 0x0001
+SLTSTA_PFD: Final = 0x0002
+SLTSTA_MRLSC: Final = 0x0004
+SLTSTA_PDC: Final = 0x0008
+SLTSTA_CC: Final = 0x0010
+SLTSTA_MRLSS: Final = 0x0020
+SLTSTA_PDS: Final = 0x0040
+SLTSTA_EIS: Final = 0x0080
+SLTSTA_DLLSC: Final = 0x0100
+
+# Root Control / Capabilities / Status
+RTCTL: Final = 0x1C
+RTCTL_SECEE: Final = 0x0001
+RTCTL_SENFEE: Final = 0x0002
+RTCTL_SEFEE: Final = 0x0004
+RTCTL_PMEIE: Final = 0x0008
+RTCTL_CRSSVE: Final = 0x0010
+RTCAP: Final = 0x1E
+RTCAP_CRSVIS: Final = 0x0001
+RTSTA: Final = 0x20
+RTSTA_PME_RQ_ID: Final = 0x0000FFFF
+RTSTA_PME: Final = 0x00010000
+RTSTA_PENDING: Final = 0x00020000
+
+# Device Capabilities 2 / Control 2 / Status 2
+DEVCAP2: Final = 0x24
+DEVCAP2_COMP_TMOUT_RANGES: Final = 0x0000000F
+DEVCAP2_COMP_TMOUT_DIS: Final = 0x00000010
+DEVCAP2_ARI: Final = 0x00000020
+DEVCAP2_ATOMIC_ROUTE: Final = 0x00000040
+DEVCAP2_ATOMIC_COMP32: Final = 0x00000080
+DEVCAP2_ATOMIC_COMP64: Final = 0x00000100
+DEVCAP2_ATOMIC_COMP128: Final = 0x00000200
+DEVCAP2_NROPRPRP: Final = 0x00000400
+DEVCAP2_LTR: Final = 0x00000800
+DEVCAP2_TPH_COMP: Final = 0x00003000
+DEVCAP2_LN_CLS: Final = 0x0000C000
+DEVCAP2_10BIT_TAG_COMP: Final = 0x00010000
+DEVCAP2_10BIT_TAG_REQ: Final = 0x00020000
+DEVCAP2_OBFF: Final = 0x000C0000
+DEVCAP2_EXT_FMT: Final = 0x00100000
+DEVCAP2_EE_PREFIX: Final = 0x00200000
+DEVCAP2_EE_PREFIX_MAX: Final = 0x00C00000
+DEVCAP2_EPR: Final = 0x03000000
+DEVCAP2_EPR_INIT: Final = 0x04000000
+DEVCAP2_FRS: Final = 0x80000000
+DEVCTL2: Final = 0x28
+DEVCTL2_COMP_TIMEOUT: Final = 0x000F
+DEVCTL2_COMP_TMOUT_DIS: Final = 0x0010
+DEVCTL2_ARI: Final = 0x0020
+DEVCTL2_ATOMIC_REQ: Final = 0x0040
+DEVCTL2_ATOMIC_EGRESS_BLOCK: Final = 0x0080
+DEVCTL2_IDO_REQ_EN: Final = 0x0100
+DEVCTL2_IDO_CMP_EN: Final = 0x0200
+DEVCTL2_LTR_EN: Final = 0x0400
+DEVCTL2_EPR_REQ: Final = 0x0800
+DEVCTL2_10BIT_TAG_REQ_EN: Final = 0x1000
+DEVCTL2_OBFF: Final = 0x6000
+DEVCTL2_EE_PREFIX_BLOCK: Final = 0x8000
+DEVSTA2: Final = 0x2A
+
+# Link Capabilities 2 / Control 2 / Status 2
+LNKCAP2: Final = 0x2C
+LNKCAP2_SLS: Final = 0x000000FE
+LNKCAP2_CROSSLINK: Final = 0x00000100
+LNKCAP2_RETIMER: Final = 0x00800000
+LNKCAP2_2RETIMERS: Final = 0x01000000
+LNKCAP2_DRS: Final = 0x80000000
+LNKCTL2: Final = 0x30
+LNKCTL2_TLS: Final = 0x000F
+LNKCTL2_ENTER_COMP: Final = 0x0010
+LNKCTL2_HASD: Final = 0x0020
+LNKCTL2_SEL_DEEMPH: Final = 0x0040
+LNKCTL2_TX_MARGIN: Final = 0x0380
+LNKCTL2_ENTER_MOD_COMP: Final = 0x0400
+LNKCTL2_COMP_SOS: Final = 0x0800
+LNKCTL2_COMP_PRESET: Final = 0xF000
+LNKSTA2: Final = 0x32
+LNKSTA2_DEEMPH: Final = 0x0001
+LNKSTA2_EQ_COMPLETE: Final = 0x0002
+LNKSTA2_EQ_PHASE1: Final = 0x0004
+LNKSTA2_EQ_PHASE2: Final = 0x0008
+LNKSTA2_EQ_PHASE3: Final = 0x0010
+LNKSTA2_EQ_REQUEST: Final = 0x0020
+LNKSTA2_RETIMER: Final = 0x0040
+LNKSTA2_2RETIMERS: Final = 0x0080
+LNKSTA2_CROSSLINK_RES: Final = 0x0300
+LNKSTA2_DS_COMP_PRESENCE: Final = 0x7000
+LNKSTA2_DRS_RCVD: Final = 0x8000
+
+# Slot Capabilities 2 / Control 2 / Status 2
+SLTCAP2: Final = 0x34
+SLTCAP2_IBPD: Final = 0x00000001
+SLTCTL2: Final = 0x38
+SLTSTA2: Final = 0x3A
+
+# Structure sizes.  Version 2 (PCIe 2.0+) always has every register up to Slot Status 2, hardwired to
+# 0 where it does not apply.  Version 1 ends after the last register block the type implements:
+# Device (0x0c), Link (0x14, PCI_CAP_EXP_ENDPOINT_SIZEOF_V1), Slot (0x1c), Root (0x24).
+SIZEOF_V2: Final = 0x3C
+SIZEOF_V1_NO_LINK: Final = 0x0C
+SIZEOF_V1_LINK: Final = 0x14
+SIZEOF_V1_SLOT: Final = 0x1C
+SIZEOF_V1_ROOT: Final = 0x24
+
+# Link speed codes (Max Link Speed, Current Link Speed, Target Link Speed)
+SPEED_2_5GT: Final = 1
+SPEED_5GT: Final = 2
+SPEED_8GT: Final = 3
+SPEED_16GT: Final = 4
+SPEED_32GT: Final = 5
+SPEED_64GT: Final = 6
+LINK_WIDTHS: Final = (1, 2, 4, 8, 12, 16, 32)
