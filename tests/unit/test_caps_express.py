@@ -161,6 +161,24 @@ def test_initiate_flr_calls_hook_and_reads_zero() -> None:
     assert len(calls) == 2
 
 
+def test_flr_keeps_link_state_and_link_controls() -> None:
+    # PCIe Base §6.6.2: FLR resets the function's registers but not what would disturb the Link.
+    cap = E.ExpressCap(R.TYPE_ENDPOINT, flr=True, max_width=8, aspm=3, clock_pm=True)
+    cs, off = place(cap)
+    cap.on_flr = lambda: cs.reset(RESET_FLR)  # what the function model does
+    cs.write(off + R.DEVCTL, 2, 0x1 << 5 | R.DEVCTL_CERE | R.DEVCTL_URRE)  # MPS 256 B, error reporting
+    link_ctl = R.LNKCTL_ASPMC | R.LNKCTL_RCB | R.LNKCTL_CCC | R.LNKCTL_CLKREQ_EN
+    cs.write(off + R.LNKCTL, 2, link_ctl)
+    cap.set_link(cs, width=4)
+    cs.write(off + R.DEVCTL, 2, cs.read(off + R.DEVCTL, 2) | R.DEVCTL_BCR_FLR)
+    ctl = cs.read(off + R.DEVCTL, 2)
+    assert ctl & R.DEVCTL_PAYLOAD == 0x1 << 5 and not ctl & (R.DEVCTL_CERE | R.DEVCTL_URRE)
+    assert cs.read(off + R.LNKCTL, 2) == link_ctl
+    assert (cs.read(off + R.LNKSTA, 2) & R.LNKSTA_NLW) >> 4 == 4  # the link stays trained at x4
+    cs.reset(RESET_FUNDAMENTAL)
+    assert cs.read(off + R.LNKCTL, 2) == 0
+
+
 def test_flr_without_hook_and_without_capability() -> None:
     cs, off = place(E.ExpressCap(R.TYPE_ENDPOINT, flr=True))  # on_flr unset: the write is harmless
     cs.write(off + R.DEVCTL, 2, R.DEVCTL_BCR_FLR)

@@ -51,6 +51,16 @@ _SWITCHING = frozenset({TYPE_ROOT_PORT, TYPE_UPSTREAM, TYPE_DOWNSTREAM})
 _ENDPOINTS_AND_ROOT_PORTS = frozenset({TYPE_ENDPOINT, TYPE_LEG_END, TYPE_RC_END, TYPE_ROOT_PORT})
 _LOWER_SKP_VECTORS = 0x007FFE00  # LnkCap2 bits 22:9 (Lower SKP OS Generation/Reception vectors), HwInit
 _LNKSTA2_EQ = R.LNKSTA2_EQ_COMPLETE | R.LNKSTA2_EQ_PHASE1 | R.LNKSTA2_EQ_PHASE2 | R.LNKSTA2_EQ_PHASE3
+# PCIe Base §6.6.2: control fields an FLR must not reset because they affect the Link (the sticky
+# ones, Hardware Autonomous Speed Disable and Link Equalization Request, survive anyway).
+_FLR_KEEPS = ((R.DEVCTL, R.DEVCTL_PAYLOAD),
+              (R.LNKCTL, R.LNKCTL_ASPMC | R.LNKCTL_RCB | R.LNKCTL_CCC | R.LNKCTL_ES | R.LNKCTL_CLKREQ_EN
+               | R.LNKCTL_HAWD))
+# Status fields that show hardware state (the trained link, the slot) rather than register contents:
+# no reset of the function's registers changes them, so the model keeps them like sticky bits.
+_LNKSTA_STATE = R.LNKSTA_CLS | R.LNKSTA_NLW | R.LNKSTA_LT | R.LNKSTA_DLLLA
+_SLTSTA_STATE = R.SLTSTA_MRLSS | R.SLTSTA_PDS | R.SLTSTA_EIS
+_LNKSTA2_STATE = R.LNKSTA2_DEEMPH | R.LNKSTA2_CROSSLINK_RES | R.LNKSTA2_DS_COMP_PRESENCE
 
 
 class ExpressCapError(VfiolabError):
@@ -367,7 +377,7 @@ class ExpressCap(Capability):
         # Slot Clock Configuration is HwInit in the spec but shares the register with RW1C bits that
         # software writes; it is kept RO here so a status clear cannot change it.
         cs.init_reg(off + R.LNKSTA, 2, self._link_status(),
-                    w1c=R.LNKSTA_LBMS | R.LNKSTA_LABS if self.bw_notification else 0)
+                    w1c=R.LNKSTA_LBMS | R.LNKSTA_LABS if self.bw_notification else 0, sticky=_LNKSTA_STATE)
 
     def _build_slot(self, cs: ConfigSpace, off: int, s: SlotCaps) -> None:
         value, scale = encode_power_limit(s.power_limit)
@@ -391,7 +401,7 @@ class ExpressCap(Capability):
         cs.init_reg(off + R.SLTCTL, 2, ctl, rw=rw)
 
         w1c = (R.SLTSTA_ABP | R.SLTSTA_PFD | R.SLTSTA_MRLSC | R.SLTSTA_PDC | R.SLTSTA_CC | R.SLTSTA_DLLSC)
-        cs.init_reg(off + R.SLTSTA, 2, R.SLTSTA_PDS if s.present else 0, w1c=w1c)
+        cs.init_reg(off + R.SLTSTA, 2, R.SLTSTA_PDS if s.present else 0, w1c=w1c, sticky=_SLTSTA_STATE)
         if self.version >= 2:
             cs.init_reg(off + R.SLTCAP2, 4, R.SLTCAP2_IBPD if s.inband_pd_disable else 0, hwinit=R.SLTCAP2_IBPD)
 
@@ -466,7 +476,7 @@ class ExpressCap(Capability):
         w1c = R.LNKSTA2_EQ_REQUEST | (R.LNKSTA2_DRS_RCVD if self.drs and downstream else 0)
         present = self.slot is None or self.slot.present
         cs.init_reg(off + R.LNKSTA2, 2, self._link_status2(self._initially_up(), present), w1c=w1c,
-                    sticky=ros | R.LNKSTA2_EQ_REQUEST)
+                    sticky=ros | R.LNKSTA2_EQ_REQUEST | _LNKSTA2_STATE)
 
     # ------------------------------------------------------------------------------ runtime behaviour
     def attach(self, cs: ConfigSpace, off: int) -> None:
@@ -483,7 +493,12 @@ class ExpressCap(Capability):
         if ctl & R.DEVCTL_BCR_FLR:
             cs.set(off + R.DEVCTL, 2, ctl & ~R.DEVCTL_BCR_FLR)
             if self.on_flr is not None:
+                # §6.6.2: an FLR leaves the fields that would disturb the Link as they are.
+                regs_kept = _FLR_KEEPS if self.has_link else _FLR_KEEPS[:1]
+                kept = [(off + reg, mask, cs.get(off + reg, 2) & mask) for reg, mask in regs_kept]
                 self.on_flr()
+                for at, mask, value in kept:
+                    cs.set(at, 2, cs.get(at, 2) & ~mask | value)
 
     def _lnkctl_written(self, cs: ConfigSpace, off: int) -> None:
         ctl = cs.get(off + R.LNKCTL, 2)
