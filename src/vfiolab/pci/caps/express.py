@@ -284,10 +284,12 @@ class ExpressCap(Capability):
     # ------------------------------------------------------------------------------ layout
     @property
     def has_link(self) -> bool:
+        """Link registers exist (every type but RCiEP and RCEC; drivers/pci/access.c pcie_cap_has_lnkctl)."""
         return self.port_type in R.HAS_LINK
 
     @property
     def has_root(self) -> bool:
+        """Root registers exist (root ports and RCECs; drivers/pci/access.c pcie_cap_has_rtctl)."""
         return self.port_type in R.HAS_ROOT
 
     def length(self) -> int:
