@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 from vfiolab.errors import VfiolabError
 from vfiolab.pci.acs_quirks import (
@@ -27,9 +27,18 @@ from vfiolab.pci.acs_quirks import (
     is_intel_pch_root_port,
     is_intel_spt_root_port,
 )
-
-if TYPE_CHECKING:
-    from vfiolab.pci.hierarchy import PciDev, PciTree
+from vfiolab.pci.caps.express_regs import (
+    TYPE_DOWNSTREAM,
+    TYPE_ENDPOINT,
+    TYPE_LEG_END,
+    TYPE_PCI_BRIDGE,
+    TYPE_PCIE_BRIDGE,
+    TYPE_RC_EC,
+    TYPE_RC_END,
+    TYPE_ROOT_PORT,
+    TYPE_UPSTREAM,
+)
+from vfiolab.pci.hierarchy import FLAG_ACS_ENABLED_QUIRK, PciDev, PciTree
 
 __all__ = ["ACS_CR", "ACS_DT", "ACS_EC", "ACS_RR", "ACS_SV", "ACS_TB", "ACS_UF", "REQ_ACS_FLAGS", "AcsSetup",
            "acs_enabled", "acs_enabled_why", "acs_flags_enabled", "acs_path_blocker", "acs_path_enabled",
@@ -48,12 +57,10 @@ _INTEL_MPC: Final = 0xD8         # Miscellaneous Port Configuration of Intel PCH
 _MPC_IRBNCE: Final = 1 << 26     # Invalid Receive Bus Number Check Enable (the SV equivalent)
 _LPC_DEVFN: Final = 31 << 3      # the PCH LPC bridge, D31:F0
 _LPC_RCBA: Final = 0xF0          # its Root Complex Base Address register; bit 0 = enable
-_FLAG_ACS_ENABLED_QUIRK: Final = 1 << 6
-
-_ROOT_PORT, _UPSTREAM, _DOWNSTREAM = 0x4, 0x5, 0x6
-_NO_ACS_TYPES: Final = {0x7: "is a PCIe-to-PCI bridge (ACS never applies to it)",
-                        0x8: "is a PCI-to-PCIe bridge (treated like conventional PCI)",
-                        0xA: "is a root complex event collector (ACS never applies to it)"}
+_NO_ACS_TYPES: Final = {TYPE_PCI_BRIDGE: "is a PCIe-to-PCI bridge (ACS never applies to it)",
+                        TYPE_PCIE_BRIDGE: "is a PCI-to-PCIe bridge (treated like conventional PCI)",
+                        TYPE_RC_EC: "is a root complex event collector (ACS never applies to it)"}
+_MF_ONLY_TYPES: Final = (TYPE_ENDPOINT, TYPE_LEG_END, TYPE_UPSTREAM, TYPE_RC_END)
 
 
 def flag_names(flags: int) -> str:
@@ -93,9 +100,9 @@ def acs_enabled_why(dev: PciDev, flags: int = REQ_ACS_FLAGS, ivrs: bool = False)
     t = dev.pcie_type
     if t in _NO_ACS_TYPES:
         return False, _NO_ACS_TYPES[t]
-    if t in (_DOWNSTREAM, _ROOT_PORT):
+    if t in (TYPE_DOWNSTREAM, TYPE_ROOT_PORT):
         return _flags_why(dev, flags)
-    if t in (0x0, 0x1, _UPSTREAM, 0x9):  # endpoints, upstream ports, RCiEPs: only multifunction need ACS
+    if t in _MF_ONLY_TYPES:  # endpoints, upstream ports, RCiEPs: only multifunction ones need ACS
         if dev.multifunction:
             ok, why = _flags_why(dev, flags)
             return ok, f"is a multifunction device and {why}"
@@ -257,7 +264,7 @@ def enable_acs(read: Read, write: Write, *, request_acs: bool = True, ats_disabl
     vendor, device = read(0, 2), read(2, 2)
     ptype = _pcie_type(read)
     acs_pos = _find_ext(read, 0x0D) if ptype is not None else 0
-    intel_rp = ptype == _ROOT_PORT and vendor == 0x8086
+    intel_rp = ptype == TYPE_ROOT_PORT and vendor == 0x8086
     _program(read, write, acs_pos=acs_pos, intel_pch=intel_rp and intel_pch_id(device),
              intel_spt=intel_rp and intel_spt_id(device),
              request_acs=request_acs, tb_wanted=ats_disabled or external_facing or untrusted,
@@ -279,7 +286,7 @@ def enable_acs_dev(dev: PciDev, tree: PciTree, setup: AcsSetup) -> bool:
                    disable_redir=dev.name in setup.disable_acs_redir, config_acs=setup.config_acs.get(dev.name),
                    read_lpc_rcba=lambda: tree.read_bus_config(dev.bus, _LPC_DEVFN, _LPC_RCBA, 4))
     if pch:
-        dev.dev_flags |= _FLAG_ACS_ENABLED_QUIRK
+        dev.dev_flags |= FLAG_ACS_ENABLED_QUIRK
     after = (bytes(dev.cfg[dev.acs_cap:dev.acs_cap + 12]) if dev.acs_cap else b"", dev.dev_flags)
     return before != after
 

@@ -9,30 +9,24 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
-if TYPE_CHECKING:
-    from vfiolab.pci.hierarchy import PciDev
+from vfiolab.pci.caps import acs as acs_cap
+from vfiolab.pci.caps.express_regs import TYPE_DOWNSTREAM, TYPE_RC_END, TYPE_ROOT_PORT
+from vfiolab.pci.hierarchy import FLAG_ACS_ENABLED_QUIRK, PciDev
 
-# ACS capability/control bits (include/uapi/linux/pci_regs.h).
-ACS_SV: Final = 0x01
-ACS_TB: Final = 0x02
-ACS_RR: Final = 0x04
-ACS_CR: Final = 0x08
-ACS_UF: Final = 0x10
-ACS_EC: Final = 0x20
-ACS_DT: Final = 0x40
+# ACS capability/control bits (include/uapi/linux/pci_regs.h PCI_ACS_*), as the ACS builder defines them.
+ACS_SV: Final = acs_cap.SV
+ACS_TB: Final = acs_cap.TB
+ACS_RR: Final = acs_cap.RR
+ACS_CR: Final = acs_cap.CR
+ACS_UF: Final = acs_cap.UF
+ACS_EC: Final = acs_cap.EC
+ACS_DT: Final = acs_cap.DT
 _ISOLATING: Final = ACS_SV | ACS_RR | ACS_CR | ACS_UF
 
 NO_OPINION: Final = -1  # the kernel's -ENOTTY / -ENODEV
 
-_ROOT_PORT: Final = 0x4
-_DOWNSTREAM: Final = 0x6
-_RC_END: Final = 0x9
-_FLAG_ACS_ENABLED_QUIRK: Final = 1 << 6  # PCI_DEV_FLAGS_ACS_ENABLED_QUIRK
-
-# pci_disable_broken_acs_cap() (quirks.c): IDT switches whose ACS SV wrongly checks completions.
-BROKEN_ACS_SV: Final = frozenset({(0x111D, 0x80B5), (0x111D, 0x8090)})
 
 # pci_quirk_intel_pch_acs_ids[]: PCH root ports with ACS-like isolation but no ACS capability.
 INTEL_PCH_ACS_IDS: Final = frozenset(
@@ -78,12 +72,12 @@ def intel_spt_id(device: int) -> bool:
 
 def is_intel_pch_root_port(dev: PciDev) -> bool:
     """pci_quirk_intel_pch_acs_match() (the vendor is matched by the table)."""
-    return dev.is_pcie and dev.pcie_type == _ROOT_PORT and intel_pch_id(dev.device)
+    return dev.is_pcie and dev.pcie_type == TYPE_ROOT_PORT and intel_pch_id(dev.device)
 
 
 def is_intel_spt_root_port(dev: PciDev) -> bool:
     """pci_quirk_intel_spt_pch_acs_match() (the vendor is matched by the table)."""
-    return dev.is_pcie and dev.pcie_type == _ROOT_PORT and intel_spt_id(dev.device)
+    return dev.is_pcie and dev.pcie_type == TYPE_ROOT_PORT and intel_spt_id(dev.device)
 
 
 # ---------------------------------------------------------------------------- one function per quirk kind
@@ -95,7 +89,7 @@ def _amd_sb(dev: PciDev, flags: int, ivrs: bool) -> int:
 
 
 def _cavium(dev: PciDev, flags: int, ivrs: bool) -> int:
-    if not (dev.is_pcie and dev.pcie_type == _ROOT_PORT and _in(dev.device, _CAVIUM_RANGES)):
+    if not (dev.is_pcie and dev.pcie_type == TYPE_ROOT_PORT and _in(dev.device, _CAVIUM_RANGES)):
         return NO_OPINION
     return ctrl_enabled(flags, _ISOLATING)
 
@@ -106,7 +100,7 @@ def _isolating(dev: PciDev, flags: int, ivrs: bool) -> int:
 
 
 def _zhaoxin_ports(dev: PciDev, flags: int, ivrs: bool) -> int:
-    if not dev.is_pcie or dev.pcie_type not in (_ROOT_PORT, _DOWNSTREAM):
+    if not dev.is_pcie or dev.pcie_type not in (TYPE_ROOT_PORT, TYPE_DOWNSTREAM):
         return NO_OPINION
     if _in(dev.device, _ZHAOXIN_RANGES):
         return ctrl_enabled(flags, _ISOLATING)
@@ -116,13 +110,13 @@ def _zhaoxin_ports(dev: PciDev, flags: int, ivrs: bool) -> int:
 def _intel_pch(dev: PciDev, flags: int, ivrs: bool) -> int:
     if not is_intel_pch_root_port(dev):
         return NO_OPINION
-    if dev.dev_flags & _FLAG_ACS_ENABLED_QUIRK:  # set when pci_enable_acs() ran the PCH enable quirk
+    if dev.dev_flags & FLAG_ACS_ENABLED_QUIRK:  # set when pci_enable_acs() ran the PCH enable quirk
         return ctrl_enabled(flags, _ISOLATING)
     return ctrl_enabled(flags, 0)
 
 
 def _al(dev: PciDev, flags: int, ivrs: bool) -> int:
-    if dev.pcie_type != _ROOT_PORT:
+    if dev.pcie_type != TYPE_ROOT_PORT:
         return NO_OPINION
     return 0 if flags & ~_ISOLATING else 1
 
@@ -143,7 +137,7 @@ def _mf_endpoint(dev: PciDev, flags: int, ivrs: bool) -> int:
 
 def _rciep(dev: PciDev, flags: int, ivrs: bool) -> int:
     # Intel RCiEPs may do peer-to-peer only on translated addresses (VT-d spec 3.16).
-    if dev.pcie_type != _RC_END:
+    if dev.pcie_type != TYPE_RC_END:
         return NO_OPINION
     return ctrl_enabled(flags, _ISOLATING)
 
@@ -154,7 +148,7 @@ def _wangxun_nic(dev: PciDev, flags: int, ivrs: bool) -> int:
     return 0
 
 
-QuirkFn = Callable[["PciDev", int, bool], int]
+QuirkFn = Callable[[PciDev, int, bool], int]
 """quirk(dev, acs_flags, ivrs_present) -> < 0 no opinion, 0 not provided, > 0 provided."""
 
 KINDS: Final[dict[str, QuirkFn]] = {

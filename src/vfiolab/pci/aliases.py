@@ -14,12 +14,11 @@ from dataclasses import dataclass
 from typing import Final, NamedTuple
 
 from vfiolab.errors import VfiolabError
+from vfiolab.pci.caps.express_regs import TYPE_PCI_BRIDGE, TYPE_PCIE_BRIDGE
 from vfiolab.pci.hierarchy import (
     FLAG_BRIDGE_XLATE_ROOT,
     FLAG_PCI_BRIDGE_NO_ALIAS,
     FLAG_PCIE_BRIDGE_ALIAS,
-    TYPE_PCI_BRIDGE,
-    TYPE_PCIE_BRIDGE,
     PciDev,
     PciTree,
 )

@@ -14,20 +14,30 @@ from typing import Final
 
 from vfiolab.errors import VfiolabError
 from vfiolab.pci import regs
-from vfiolab.pci.acs_quirks import BROKEN_ACS_SV
+from vfiolab.pci.caps.acs import AcsCap
+from vfiolab.pci.caps.express_regs import (
+    CAP_ID_EXP,
+    TYPE_DOWNSTREAM,
+    TYPE_ENDPOINT,
+    TYPE_LEG_END,
+    TYPE_PCI_BRIDGE,
+    TYPE_PCIE_BRIDGE,
+    TYPE_RC_EC,
+    TYPE_RC_END,
+    TYPE_ROOT_PORT,
+    TYPE_UPSTREAM,
+)
+from vfiolab.pci.caps.express_regs import DEVCTL2 as EXP_DEVCTL2
+from vfiolab.pci.caps.express_regs import DEVCTL2_ARI as EXP_DEVCTL2_ARI
+from vfiolab.pci.caps.express_regs import FLAGS as EXP_FLAGS
 from vfiolab.pci.dump import DumpedFunction
 
 # Capability IDs and register offsets (include/uapi/linux/pci_regs.h).
 CAP_ID_MSI: Final = 0x05
-CAP_ID_EXP: Final = 0x10
-EXT_CAP_ID_ACS: Final = 0x0D
+EXT_CAP_ID_ACS: Final = AcsCap.cap_id
 EXT_CAP_ID_ARI: Final = 0x0E
 EXT_CAP_ID_SRIOV: Final = 0x10
-EXP_FLAGS: Final = 0x02
-EXP_DEVCTL2: Final = 0x28
-EXP_DEVCTL2_ARI: Final = 0x0020
-ACS_CAP: Final = 0x04
-ACS_CTRL: Final = 0x06
+ACS_CAP: Final = AcsCap.CAP
 SRIOV_CTRL: Final = 0x08
 SRIOV_CTRL_VFE: Final = 0x0001
 SRIOV_TOTAL_VF: Final = 0x0E
@@ -35,17 +45,6 @@ SRIOV_NUM_VF: Final = 0x10
 SRIOV_VF_OFFSET: Final = 0x14
 SRIOV_VF_STRIDE: Final = 0x16
 SRIOV_VF_DID: Final = 0x1A
-
-# PCI Express port types (PCI_EXP_TYPE_*).
-TYPE_ENDPOINT: Final = 0x0
-TYPE_LEG_END: Final = 0x1
-TYPE_ROOT_PORT: Final = 0x4
-TYPE_UPSTREAM: Final = 0x5
-TYPE_DOWNSTREAM: Final = 0x6
-TYPE_PCI_BRIDGE: Final = 0x7
-TYPE_PCIE_BRIDGE: Final = 0x8
-TYPE_RC_END: Final = 0x9
-TYPE_RC_EC: Final = 0xA
 
 _TYPE_NAMES: Final = {
     TYPE_ENDPOINT: "endpoint", TYPE_LEG_END: "legacy endpoint", TYPE_ROOT_PORT: "root port",
@@ -59,6 +58,9 @@ FLAG_PCIE_BRIDGE_ALIAS: Final = 1 << 5
 FLAG_ACS_ENABLED_QUIRK: Final = 1 << 6
 FLAG_BRIDGE_XLATE_ROOT: Final = 1 << 9
 FLAG_PCI_BRIDGE_NO_ALIAS: Final = 1 << 14
+
+# pci_disable_broken_acs_cap() (quirks.c): IDT switches whose ACS SV wrongly checks completions.
+BROKEN_ACS_SV: Final = frozenset({(0x111D, 0x80B5), (0x111D, 0x8090)})
 
 _HDR = struct.Struct("<HHHHIBBBB")  # vendor, device, command, status, class/rev, cls, lat, hdr, bist
 _FFFF = b"\xff" * 4096
