@@ -241,3 +241,18 @@ def test_parse_acs_flags() -> None:
         parse_acs_flags("1x2")
     with pytest.raises(VfiolabError, match="more than the 7 ACS control bits"):
         parse_acs_flags("10000000")
+
+
+def test_enable_acs_on_a_root_port_built_by_the_acs_builder() -> None:
+    from vfiolab.pci.caps.acs import AcsCap
+    from vfiolab.pci.caps.base import CapabilityList
+    from vfiolab.pci.caps.express import ExpressCap
+    from vfiolab.pci.caps.express_regs import TYPE_ROOT_PORT
+
+    cs = ConfigSpace(4096)
+    cs.set(0, 4, 0x000C1B36)
+    caps = CapabilityList(cs)
+    caps.add(ExpressCap(TYPE_ROOT_PORT))
+    acs = caps.add(AcsCap(cap=ACS_SV | ACS_TB | ACS_RR | ACS_CR | ACS_UF, ctrl=0))
+    enable_acs(cs.read, cs.write)
+    assert cs.read(acs.offset + AcsCap.CTRL, 2) == ACS_SV | ACS_RR | ACS_CR | ACS_UF   # QEMU/Linux: TB stays off

@@ -415,3 +415,49 @@ def test_cli_rejects_two_sources(tmp_path) -> None:  # type: ignore[no-untyped-d
     path.write_text(dump_text(qemu_real_peers()))
     out = CliRunner().invoke(cli, ["groups", "--dump", str(path), "--sysfs", str(tmp_path)])
     assert out.exit_code != 0 and "give only one of --dump, --sysfs" in out.output
+
+
+# ---------------------------------------------------------------------------- with the project's builders
+def test_functions_built_with_the_capability_builders() -> None:
+    """A root port (ACS left at 0 by "firmware"), an ARI PF with SR-IOV and its two VFs, built with
+    ExpressCap/AcsCap/AriCap/SriovCap and programmed through config writes as Linux does."""
+    from vfiolab.pci.caps.acs import AcsCap
+    from vfiolab.pci.caps.ari import AriCap
+    from vfiolab.pci.caps.base import CapabilityList
+    from vfiolab.pci.caps.express import ExpressCap
+    from vfiolab.pci.caps.express_regs import DEVCTL2, DEVCTL2_ARI, TYPE_ENDPOINT, TYPE_ROOT_PORT
+    from vfiolab.pci.caps.sriov import SriovCap
+    from vfiolab.pci.config import ConfigSpace
+    from vfiolab.pci.dump import DumpedFunction
+
+    def space(vendor: int, device: int, hdr: int) -> tuple[ConfigSpace, CapabilityList]:
+        cs = ConfigSpace(4096)
+        cs.set(0, 4, vendor | device << 16)
+        cs.set(0x0E, 1, hdr)
+        return cs, CapabilityList(cs)
+
+    rp, caps = space(0x1B36, 0x000C, 1)
+    rp.set(0x18, 4, 0x010100)                                  # primary 0, secondary 1, subordinate 1
+    pcie = caps.add(ExpressCap(TYPE_ROOT_PORT, ari_forwarding=True))
+    caps.add(AcsCap(ctrl=0))
+    rp.write(pcie.offset + DEVCTL2, 2, DEVCTL2_ARI)            # pci_configure_ari()
+    pf, caps = space(0x1B36, 0x0010, 0)
+    caps.add(ExpressCap(TYPE_ENDPOINT))
+    caps.add(AriCap())
+    sriov = caps.add(SriovCap(total_vfs=2, vf_device=0x0010, vf_offset=1, vf_stride=1))
+    pf.write(sriov.offset + SriovCap.NUM_VFS, 2, 2)            # sriov_enable(): NumVFs, then VF Enable
+    pf.write(sriov.offset + SriovCap.CTRL, 2, SriovCap.CTRL_VFE | SriovCap.CTRL_MSE | SriovCap.CTRL_ARI)
+    vfs = []
+    for _ in range(2):
+        v, caps = space(0xFFFF, 0xFFFF, 0)
+        caps.add(ExpressCap(TYPE_ENDPOINT))
+        vfs.append(v)
+    funcs = [DumpedFunction(0, 0, 0x10, rp.dump()), DumpedFunction(0, 1, 0, pf.dump()),
+             DumpedFunction(0, 1, 1, vfs[0].dump()), DumpedFunction(0, 1, 2, vfs[1].dump())]
+    result = compute_groups(funcs)
+    assert [g.devices for g in result.groups] == [["0000:00:02.0"], ["0000:01:00.0"], ["0000:01:00.1"],
+                                                  ["0000:01:00.2"]]
+    assert result.tree.device("0000:01:00.2").device == 0x0010
+    # Without an IOMMU asking for ACS the builder's reset control (0) isolates nothing.
+    assert groups_of(funcs, IommuSetup(acs=AcsSetup(request_acs=False))) == [
+        ["0000:00:02.0", "0000:01:00.0", "0000:01:00.1", "0000:01:00.2"]]
