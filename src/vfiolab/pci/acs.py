@@ -2,8 +2,10 @@
 
 The predicates decide IOMMU-group isolation (drivers/pci/pci.c); each can also say *why* in words, which is
 what group explanations quote.  ``enable_acs`` is what Linux does to one function's ACS control register when
-an IOMMU driver requested ACS (pci_request_acs); since Linux 7.0 that happens in pci_dma_configure(), i.e.
-right before the device's IOMMU group is chosen (drivers/pci/pci-driver.c), not in pci_acs_init() as in 6.12.
+an IOMMU driver requested ACS (pci_request_acs).  In Linux 7.2 that happens in pci_dma_configure()
+(drivers/pci/pci-driver.c), which iommu_init_device() calls right before the device's IOMMU group is chosen;
+pci_acs_init() only reads the capability (pci.md section 5.6 describes 6.12, where pci_acs_init() enabled ACS
+at enumeration).
 """
 
 from __future__ import annotations

@@ -68,7 +68,7 @@ DMA_ALIAS_QUIRKS: Final[tuple[AliasQuirk, ...]] = tuple(
     + _run(0x8086, "mic_x200", (0x2260, 0x2264))
     + _run(0x8086, "pex_vca", (0x2954, 0x2955, 0x2956, 0x2958, 0x2959, 0x295A))
     + _run(0x14E4, "xlate_root", (0x9000, 0x9084))                            # Broadcom Vulcan/ThunderX2
-    + _run(0x1A03, "pci_bridge_no_alias", (0x1150,))                          # ASPEED AST1150 (new in 7.x)
+    + _run(0x1A03, "pci_bridge_no_alias", (0x1150,))                          # ASPEED AST1150 (not in pci.md 5.3)
     + _run(0x11F8, "switchtec_ntb", _SWITCHTEC_IDS)                           # Microsemi Switchtec
     + _run(0x1055, "switchtec_ntb", range(0x1001, 0x1007))                    # Switchtec PCI100x (EFAR ID)
     + _run(0x10B5, "plx_ntb", (0x87B0, 0x87B1)))                              # PLX NTB

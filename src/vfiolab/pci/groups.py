@@ -3,8 +3,9 @@
 The algorithm is drivers/iommu/iommu.c pci_device_group() and its helpers, run per device in probe order
 (bus_iommu_probe walks the PCI bus in device_add order; VFs are added later); group numbers come from
 ida_alloc(), the lowest free ID.  Before a device is grouped, Linux 7.2 programs its ACS control
-(pci_dma_configure -> pci_enable_acs; in 6.12 this happened earlier, in pci_acs_init) and AMD-Vi adds its
-IVRS alias (setup_aliases); both happen here in the same place.
+(pci_dma_configure -> pci_enable_acs; pci.md section 5.6, about 6.12, has it in pci_acs_init at
+enumeration) and AMD-Vi adds its IVRS alias (setup_aliases); both happen here at the same point.
+pci_device_group() itself is unchanged from pci.md section 5.4: no ACS-grouping rework is in 7.2.13.
 """
 
 from __future__ import annotations
