@@ -61,10 +61,10 @@ def test_no_acs_capability_is_never_flags_enabled() -> None:
 
 # ---------------------------------------------------------------------------- pci_acs_enabled by type
 @pytest.mark.parametrize("kw, expect, why", [
-    ({}, False, "is conventional PCI (no PCI Express capability)"),
-    ({"pcie": PCI_BR, "acs": ACS_ON, "bridge": (1, 1)}, False, "is a PCIe-to-PCI bridge"),
-    ({"pcie": PCIE_BR, "bridge": (1, 1)}, False, "is a PCI-to-PCIe bridge"),
-    ({"pcie": 0xA}, False, "is a root complex event collector"),
+    ({}, False, "has no PCI Express capability (conventional PCI cannot isolate)"),
+    ({"pcie": PCI_BR, "acs": ACS_ON, "bridge": (1, 1)}, False, "cannot isolate: ACS never applies to PCIe-to-PCI bridges"),
+    ({"pcie": PCIE_BR, "bridge": (1, 1)}, False, "cannot isolate: PCI/PCI-X-to-PCIe bridges count as conventional"),
+    ({"pcie": 0xA}, False, "cannot isolate: ACS never applies to root complex event"),
     ({"pcie": RP, "bridge": (1, 1)}, False, "has no ACS capability"),
     ({"pcie": DOWN, "acs": (0x1F, 0x05), "bridge": (1, 1)}, False, "has ACS but CR UF not enabled (control 0x0005"),
     ({"pcie": RP, "acs": ACS_ON, "bridge": (1, 1)}, True, "has ACS with SV RR CR UF enabled"),

@@ -461,3 +461,22 @@ def test_functions_built_with_the_capability_builders() -> None:
     # Without an IOMMU asking for ACS the builder's reset control (0) isolates nothing.
     assert groups_of(funcs, IommuSetup(acs=AcsSetup(request_acs=False))) == [
         ["0000:00:02.0", "0000:01:00.0", "0000:01:00.1", "0000:01:00.2"]]
+
+
+def test_cli_platform_sources(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """No option means the built-in platform (snapshot(None)); --platform FILE passes the file on."""
+    import sys
+    import types
+
+    calls: list[str | None] = []
+    fake = types.ModuleType("vfiolab.platform")
+    fake.snapshot = lambda path=None: calls.append(path) or qemu_real_peers()  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "vfiolab.platform", fake)
+    runner = CliRunner()
+    out = runner.invoke(cli, ["groups", "--json"])
+    assert out.exit_code == 0, out.output
+    assert [g["devices"] for g in json.loads(out.output)["groups"]] == REAL_PEERS_GROUPS
+    yaml_file = tmp_path / "machine.yaml"
+    yaml_file.write_text("{}\n")
+    assert runner.invoke(cli, ["groups", "--platform", str(yaml_file)]).exit_code == 0
+    assert calls == [None, str(yaml_file)]

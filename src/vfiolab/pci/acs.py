@@ -59,9 +59,9 @@ _INTEL_MPC: Final = 0xD8         # Miscellaneous Port Configuration of Intel PCH
 _MPC_IRBNCE: Final = 1 << 26     # Invalid Receive Bus Number Check Enable (the SV equivalent)
 _LPC_DEVFN: Final = 31 << 3      # the PCH LPC bridge, D31:F0
 _LPC_RCBA: Final = 0xF0          # its Root Complex Base Address register; bit 0 = enable
-_NO_ACS_TYPES: Final = {TYPE_PCI_BRIDGE: "is a PCIe-to-PCI bridge (ACS never applies to it)",
-                        TYPE_PCIE_BRIDGE: "is a PCI-to-PCIe bridge (treated like conventional PCI)",
-                        TYPE_RC_EC: "is a root complex event collector (ACS never applies to it)"}
+_NO_ACS_TYPES: Final = {TYPE_PCI_BRIDGE: "cannot isolate: ACS never applies to PCIe-to-PCI bridges",
+                        TYPE_PCIE_BRIDGE: "cannot isolate: PCI/PCI-X-to-PCIe bridges count as conventional PCI",
+                        TYPE_RC_EC: "cannot isolate: ACS never applies to root complex event collectors"}
 _MF_ONLY_TYPES: Final = (TYPE_ENDPOINT, TYPE_LEG_END, TYPE_UPSTREAM, TYPE_RC_END)
 
 
@@ -98,7 +98,7 @@ def acs_enabled_why(dev: PciDev, flags: int = REQ_ACS_FLAGS, ivrs: bool = False)
         return ret > 0, (f"is {verdict} by {quirk.function_name} "
                          f"({dev.vendor:04x}:{dev.device:04x}, drivers/pci/quirks.c)")
     if not dev.is_pcie:  # conventional PCI / PCI-X: the shared bus lets any device see DMA
-        return False, "is conventional PCI (no PCI Express capability)"
+        return False, "has no PCI Express capability (conventional PCI cannot isolate)"
     t = dev.pcie_type
     if t in _NO_ACS_TYPES:
         return False, _NO_ACS_TYPES[t]
