@@ -363,6 +363,8 @@ def test_unprivileged_64_byte_dump_is_detected() -> None:
     ([func("00:01.0", bridge=(1, 4)), func("03:00.0")], r"0000:03:00\.0: no bridge in the input has bus 03"),
     ([func("00:00.0", pokes={0x0E: b"\x05"})], r"0000:00:00\.0: unknown header type 0x05 at offset 0xe"),
     ([sriov_pf("00:00.0", 2, 0)], r"0000:00:00\.0: VF Enable is set but First VF Offset 0"),
+    ([sriov_pf("00:00.0", 1, 1, mf=True), sriov_pf("00:00.1", 0, 1)],
+     r"0000:00:00\.1: VF 0 of 0000:00:00\.0 lands on a physical function \(First VF Offset at 0x114\)"),
 ])
 def test_bad_input_names_device_and_offset(funcs, message) -> None:  # type: ignore[no-untyped-def]
     with pytest.raises(VfiolabError, match=message):

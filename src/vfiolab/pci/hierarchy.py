@@ -407,9 +407,12 @@ class PciTree:
                                          "present (VF Enable is set)")
                 elif vf.physfn is not None:
                     raise VfiolabError(f"{vf.name}: claimed as a VF by both {vf.physfn.name} and {dev.name}")
-                elif vf is dev or vf.vfs:
-                    raise VfiolabError(f"{vf.name}: VF {i} of {dev.name} lands on a physical function "
-                                       f"(First VF Offset at {dev.sriov_cap + SRIOV_VF_OFFSET:#x})")
+                else:
+                    if not vf.ext_scanned:
+                        vf.scan_ext()
+                    if vf is dev or vf.sriov_cap:  # VFs never have an SR-IOV capability of their own
+                            raise VfiolabError(f"{vf.name}: VF {i} of {dev.name} lands on a physical function "
+                                           f"(First VF Offset at {dev.sriov_cap + SRIOV_VF_OFFSET:#x})")
                 vf.is_virtfn = True
                 vf.physfn = dev
                 vf.vf_id = i
