@@ -3,7 +3,8 @@
 # topology in rig/groups_oracle/topologies/, and cache what Linux saw (config bytes, groups, resources).
 # Cache: $VFIOLAB_CACHE/groups-oracle/<kernel-version>/<topology>/.  Only missing or stale captures are
 # rebuilt; with a complete cache this returns at once without network access.  docs/rigs.md has the details.
-# Environment: VFIOLAB_GROUPS_SUITE=bookworm boots bookworm's cloud kernel instead of sid's 7.2.
+# Environment: VFIOLAB_GROUPS_SUITE=bookworm boots the host's Debian 12 cloud kernel (bookworm plus
+# bookworm-security from the host's own apt lists, e.g. 6.12.117+deb12) instead of sid's 7.2.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(dirname "$here")
@@ -24,14 +25,18 @@ flock 9
 sha() { sha256sum "$@" | sha256sum | cut -c1-16; }
 
 # --- guest kernel -------------------------------------------------------------------------------------------
+# Packages come from sid through a private list (private_apt); "bookworm" means the host's own apt sources.
+suite_apt_cache() { local s=$1; shift; if [ "$s" = bookworm ]; then apt-cache "$@"; else private_apt_cache "$s" "$@"; fi; }
+suite_apt_get() { local s=$1; shift; if [ "$s" = bookworm ]; then apt-get "$@"; else private_apt "$s" "$@"; fi; }
+
 # Newest package name from SUITE matching a regular expression.
-newest_pkg() { private_apt_cache "$1" pkgnames "$2" | grep -E "$3" | sort -V | tail -n1; }
+newest_pkg() { suite_apt_cache "$1" pkgnames "$2" | grep -E "$3" | sort -V | tail -n1; }
 
 # Download packages from SUITE into a scratch dir, extract vmlinuz + config into $1/kernel.
 extract_kernel() {
   local dest=$1 suite=$2; shift 2
   local tmp; tmp=$(mktemp -d "$base/.dl.XXXXXX")
-  (cd "$tmp" && private_apt "$suite" download "$@" >&2)
+  (cd "$tmp" && suite_apt_get "$suite" download "$@" >&2)
   for d in "$tmp"/*.deb; do dpkg-deb -x "$d" "$tmp/x"; done
   local vmlinuz config
   vmlinuz=$(find "$tmp/x" -name 'vmlinuz*' -type f | head -n1)
@@ -75,7 +80,7 @@ ensure_kernel() {
   fi
   if [ "$want" = bookworm ]; then
     pkg=$(newest_pkg bookworm linux-image- '^linux-image-[0-9.]+-?[0-9a-z+.]*-cloud-amd64-unsigned$') || true
-    [ -n "$pkg" ] || { log "groups-oracle: no cloud kernel in bookworm either"; return 1; }
+    [ -n "$pkg" ] || { log "groups-oracle: no cloud kernel in the host's apt lists either (apt-get update?)"; return 1; }
     ver=${pkg#linux-image-}; ver=${ver%-unsigned}
     log "groups-oracle: fetching bookworm kernel $ver"
     extract_kernel "$base/$ver" bookworm "$pkg" || return 1
