@@ -51,19 +51,22 @@ class PciBridge(PciFunction):
 
     def __init__(self, vendor: int, device: int, class_code: int = CLASS_PCI_BRIDGE, *,
                  io_window: bool = True, io32: bool = True, pref_window: bool = True, pref64: bool = True,
-                 **kw: object) -> None:
+                 windows_disabled: bool = True, **kw: object) -> None:
         if not io_window and io32:
             io32 = False
         if not pref_window and pref64:
             pref64 = False
         self.io_window, self.io32 = io_window, io32
         self.pref_window, self.pref64 = pref_window, pref64
+        self.windows_disabled = windows_disabled
         self.secondary: Bus | None = None
         self._routing_listeners: list[Callable[[], None]] = []
         kw.setdefault("interrupt_pin", 0)
         super().__init__(vendor, device, class_code, **kw)  # type: ignore[arg-type]
         self.cs.add_write_hook(regs.PRIMARY_BUS, 4, self._on_bus_numbers)
         self.cs.add_write_hook(regs.BRIDGE_CONTROL, 2, self._on_bridge_control)
+        if self.is_downstream_port and self.express_offset is not None:
+            self.cs.add_write_hook(self.express_offset + EXP_DEVCTL2, 2, self._on_devctl2)
 
     # ------------------------------------------------------------------ construction
     def _command_rw(self) -> int:
@@ -84,19 +87,22 @@ class PciBridge(PciFunction):
         cs.init_reg(regs.SECONDARY_BUS, 1, 0, rw=0xFF)
         cs.init_reg(regs.SUBORDINATE_BUS, 1, 0, rw=0xFF)
         cs.init_reg(regs.SEC_LATENCY_TIMER, 1, 0, rw=0 if self.pcie else 0xFF)
+        # The bridge spec leaves window reset values open: "disabled" (base above limit, what firmware
+        # leaves for unused windows) or zero (Linux then reads a 4 KiB I/O / 1 MiB memory window at 0).
+        off = self.windows_disabled
         if self.io_window:
             typ = IO_RANGE_TYPE_32 if self.io32 else 0
-            cs.init_reg(regs.IO_BASE, 1, typ, rw=0xF0)
+            cs.init_reg(regs.IO_BASE, 1, typ | (0xF0 if off else 0), rw=0xF0)
             cs.init_reg(regs.IO_LIMIT, 1, typ, rw=0xF0)
             if self.io32:
                 cs.init_reg(regs.IO_BASE_UPPER16, 2, 0, rw=0xFFFF)
                 cs.init_reg(regs.IO_LIMIT_UPPER16, 2, 0, rw=0xFFFF)
         cs.init_reg(regs.SEC_STATUS, 2, 0, w1c=regs.STATUS_W1C)
-        cs.init_reg(regs.MEMORY_BASE, 2, 0, rw=0xFFF0)
+        cs.init_reg(regs.MEMORY_BASE, 2, 0xFFF0 if off else 0, rw=0xFFF0)
         cs.init_reg(regs.MEMORY_LIMIT, 2, 0, rw=0xFFF0)
         if self.pref_window:
             typ = PREF_RANGE_TYPE_64 if self.pref64 else 0
-            cs.init_reg(regs.PREF_MEMORY_BASE, 2, typ, rw=0xFFF0)
+            cs.init_reg(regs.PREF_MEMORY_BASE, 2, typ | (0xFFF0 if off else 0), rw=0xFFF0)
             cs.init_reg(regs.PREF_MEMORY_LIMIT, 2, typ, rw=0xFFF0)
             if self.pref64:
                 cs.init_reg(regs.PREF_BASE_UPPER32, 4, 0, rw=0xFFFFFFFF)
@@ -133,6 +139,12 @@ class PciBridge(PciFunction):
 
     def _on_bus_numbers(self, off: int, size: int, old: int, new: int) -> None:
         if (old ^ new) & 0xFFFFFF:
+            for listener in self._routing_listeners:
+                listener()
+
+    def _on_devctl2(self, off: int, size: int, old: int, new: int) -> None:
+        # ARI Forwarding Enable decides whether device numbers other than 0 pass this port.
+        if (old ^ new) & EXP_DEVCTL2_ARI:
             for listener in self._routing_listeners:
                 listener()
 

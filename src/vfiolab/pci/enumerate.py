@@ -12,7 +12,9 @@ the PCIe port services (AER/PME/hotplug) and firmware (_OSC, _HPX, EA) inputs.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import gc
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from vfiolab.errors import VfiolabError
@@ -117,6 +119,19 @@ PCI_CLASS_BRIDGE_PCI = 0x0604
 PCI_CLASS_NOT_DEFINED = 0x0000
 
 AcsEnable = Callable[..., None]
+
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """Cyclic GC off while many long-lived objects are made: its full passes over a large heap would make
+    enumerating tens of thousands of functions quadratic.  The objects made here are kept, not garbage."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 def _load_enable_acs() -> AcsEnable | None:
@@ -909,9 +924,13 @@ class Enumeration:
 
     # ------------------------------------------------------------------ boot
     def boot(self) -> None:
-        """Scan every segment, assign resources, then add devices (IOMMU probe order)."""
-        for seg in sorted(self.topology.segments):
-            rc = self.topology.segments[seg]
+        """Scan every host bridge, assign resources, then add devices (IOMMU probe order)."""
+        with gc_paused():
+            self._boot()
+
+    def _boot(self) -> None:
+        for rc in self.topology.host_bridges:
+            seg = rc.segment
             windows = []
             for ap in rc.apertures:
                 flags = (IORESOURCE_IO if ap.kind == "io" else IORESOURCE_MEM) | (
@@ -1021,6 +1040,10 @@ class Enumeration:
     # ------------------------------------------------------------------ SR-IOV (sriov_numvfs)
     def enable_sriov(self, dev: PciDev, nr: int) -> list[PciDev]:
         """sriov_enable(): like writing ``nr`` to sriov_numvfs; returns the VFs added (in order)."""
+        with gc_paused():
+            return self._enable_sriov(dev, nr)
+
+    def _enable_sriov(self, dev: PciDev, nr: int) -> list[PciDev]:
         iov = dev.sriov
         if iov is None:
             raise VfiolabError(f"{dev.name}: not an SR-IOV PF (ENOSYS)")
@@ -1114,7 +1137,7 @@ class Enumeration:
         return out
 
 
-def _walk(bus: PciBus):  # type: ignore[no-untyped-def]
+def _walk(bus: PciBus) -> Iterator[PciDev]:
     for dev in bus.devices:
         yield dev
         if dev.subordinate is not None:

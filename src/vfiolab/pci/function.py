@@ -161,6 +161,8 @@ class PciFunction:
         self.bus: Bus | None = None
         """The bus this function sits on, once attached (topology.Bus.attach)."""
         self.devfn = -1
+        self.cfg_limit = self.cs.size
+        """Config bytes reachable where the function sits (256 behind a conventional PCI bridge)."""
         self.captured_bus = 0
         """Bus number captured from the last Type 0 configuration write (PCIe Base §2.2.6.2)."""
         self._reset_listeners: list[ResetListener] = []

@@ -8,6 +8,7 @@ resources.py sizes and assigns.  Every config access goes through the topology's
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Final
 
 from vfiolab.pci.regs import bdf_str
@@ -148,8 +149,6 @@ class PciDev:
     """Linux struct pci_dev, trimmed to what enumeration, resource assignment and IOMMU grouping use."""
 
     __slots__ = (
-        "_rd",
-        "_wr",
         "acs_cap",
         "ari_enabled",
         "bus",
@@ -177,6 +176,7 @@ class PciDev:
         "pin",
         "pref_64_window",
         "pref_window",
+        "read",
         "resources",
         "revision",
         "rom_base_reg",
@@ -189,11 +189,14 @@ class PciDev:
         "vendor",
         "vf_id",
         "virtfns",
+        "write",
     )
 
     def __init__(self, bus: PciBus, devfn: int, rd: ConfigRead, wr: ConfigWrite) -> None:
-        self._rd, self._wr = rd, wr
         self.seg, self.bus, self.devfn = bus.seg, bus, devfn
+        # pci_read_config_*/pci_write_config_* for this device: (offset, size[, value]) bound to its address.
+        self.read: Callable[[int, int], int] = partial(rd, bus.seg, bus.number, devfn)
+        self.write: Callable[[int, int, int], None] = partial(wr, bus.seg, bus.number, devfn)
         self.vendor = self.device = self.revision = self.class_ = self.hdr_type = 0
         self.multifunction = False
         self.pcie_cap = self.pcie_flags = self.pcie_mpss = self.devcap = 0
@@ -215,13 +218,6 @@ class PciDev:
         self.virtfns: list[PciDev] = []
         self.driver = False
         self.vf_id = -1
-
-    # ------------------------------------------------------------------ config access (pci_read_config_*)
-    def read(self, off: int, size: int) -> int:
-        return self._rd(self.seg, self.bus.number, self.devfn, off, size)
-
-    def write(self, off: int, size: int, value: int) -> None:
-        self._wr(self.seg, self.bus.number, self.devfn, off, size, value)
 
     # ------------------------------------------------------------------ derived facts
     @property

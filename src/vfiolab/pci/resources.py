@@ -265,7 +265,7 @@ def _size_io(bus: PciBus, add_size: int, realloc: ResList | None) -> None:
     size = size1 = children_add = 0
     for dev in bus.devices:
         for idx, r in enumerate(dev.resources):
-            if r.assigned or not r.flags & IORESOURCE_IO or not resource_assignable(dev, idx):
+            if not r.flags & IORESOURCE_IO or r.assigned or not resource_assignable(dev, idx):
                 continue
             if r.size < SZ_1K:
                 size += r.size
@@ -302,7 +302,7 @@ def _size_mem(bus: PciBus, b_res: Resource | None, add_size: int, realloc: ResLi
         if not resources_assignable(dev):
             continue
         for idx, r in enumerate(dev.resources):
-            if not should_fit(dev, idx) or select_window(bus, r) is not b_res:
+            if not r.flags & IORESOURCE_MEM or not should_fit(dev, idx) or select_window(bus, r) is not b_res:
                 continue
             align = resource_alignment(dev, idx)
             order = max((align & -align).bit_length() - 1 - 20, 0) if align else 0
@@ -685,7 +685,7 @@ class Assigner:
         if not resources_assignable(dev):
             return
         for idx, res in enumerate(dev.resources):
-            if not should_fit(dev, idx):
+            if not res.flags or not should_fit(dev, idx):
                 continue
             r_align = resource_alignment(dev, idx)
             if r_align:

@@ -10,14 +10,16 @@ removes them.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
 
 from vfiolab.errors import VfiolabError
 from vfiolab.pci import regs
-from vfiolab.pci.caps.base import Capability
+from vfiolab.pci.caps.base import Capability, CapabilityList
 from vfiolab.pci.caps.sriov import SriovCap
+from vfiolab.pci.config import ConfigSpace
 from vfiolab.pci.function import PciFunction, with_express
 
 CapFactory = Callable[[], Sequence[Capability]]
@@ -66,6 +68,42 @@ class VirtualFunction(PciFunction):
         self.cs.set_attrs(regs.CACHE_LINE_SIZE, 1)
         self.cs.set_attrs(regs.INTERRUPT_LINE, 1)
 
+    def clone(self, index: int, rid: int) -> VirtualFunction:
+        """Another VF of the same PF, as this one was at reset (it must not have been used yet).
+
+        The write-attribute arrays are shared with this template: nothing changes them after build,
+        so only the register bytes and the HwInit state are copied; capabilities are copied and
+        re-attached to the new config space so their hooks act on it.
+        """
+        new = object.__new__(VirtualFunction)
+        new.__dict__.update(self.__dict__)
+        new.index, new.rid = index, rid
+        new.name = f"{self.pf.name or 'PF'} VF{index}"
+        new.bus, new.devfn = None, -1
+        new._reset_listeners = []
+        src, cs = self.cs, ConfigSpace.__new__(ConfigSpace)
+        for slot in ConfigSpace.__slots__:
+            setattr(cs, slot, getattr(src, slot))
+        cs.data = bytearray(src.data)
+        cs._hwinit_armed = bytearray(src._hwinit_armed)
+        cs._write_hooks, cs._read_hooks = {}, {}
+        new.cs = cs
+        caps = CapabilityList(cs)
+        caps._std_next, caps._ext_next = self.caps._std_next, self.caps._ext_next
+        for chain, dst in ((self.caps.std, caps.std), (self.caps.ext, caps.ext)):
+            for cap in chain:
+                dup = copy.copy(cap)
+                for k, v in vars(dup).items():
+                    if isinstance(v, (list, dict, set, bytearray)):
+                        setattr(dup, k, copy.copy(v))
+                if getattr(dup, "on_flr", None) is not None:
+                    dup.on_flr = None  # type: ignore[attr-defined]
+                dst.append(dup)
+                dup.attach(cs, dup.offset)
+        new.caps = caps
+        new._hook_flr()
+        return new
+
     def bar_address(self, index: int) -> int:
         """VF BAR ``index``: the PF's VF BAR ``index`` base + this VF's index * per-VF size."""
         for region in self.sriov.vf_bars():
@@ -85,6 +123,7 @@ class SriovController:
             raise VfiolabError(f"{pf!r}: SR-IOV capability already has an owner")
         self.pf, self.cap, self.spec = pf, cap, spec
         self.vfs: list[VirtualFunction] = []
+        self._template: VirtualFunction | None = None
         cap.on_change = self._on_change
         pf.add_reset_listener(self._on_reset)
 
@@ -105,19 +144,24 @@ class SriovController:
         if bus is None:
             raise VfiolabError(f"{pf!r}: VF Enable set on a PF that is not attached to a bus")
         pf_rid = pf.captured_bus << 8 | pf.devfn
+        if self._template is None or self._template.real_device != self.cap.vf_device_id():
+            self._template = VirtualFunction(pf, self.cap, 0, 0, self.spec)
         for i, rid in enumerate(self.cap.vf_routing_ids(pf_rid)):
             if rid > 0xFFFF:
                 break                      # beyond bus 255: no VF can answer there
-            vf = VirtualFunction(pf, self.cap, i, rid, self.spec)
-            vf.bus, vf.devfn = bus, rid & 0xFF
+            vf = self._template.clone(i, rid)
+            vf.bus, vf.devfn, vf.cfg_limit = bus, rid & 0xFF, vf.cs.size
             self.vfs.append(vf)
             bus.vfs[rid] = vf
+        bus.complex.topology.invalidate()
 
     def _remove(self) -> None:
         bus = self.pf.bus
         for vf in self.vfs:
             if bus is not None and bus.vfs.get(vf.rid) is vf:
                 del bus.vfs[vf.rid]
+        if self.vfs and bus is not None:
+            bus.complex.topology.invalidate()
         self.vfs = []
 
 

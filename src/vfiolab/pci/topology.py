@@ -73,6 +73,7 @@ class Bus:
         if self.no_extcfg and fn.cs.size > LEGACY_SIZE and fn.pcie:
             raise VfiolabError(f"{fn!r}: a PCI Express function cannot sit on a conventional PCI bus")
         fn.bus, fn.devfn = self, devfn
+        fn.cfg_limit = LEGACY_SIZE if self.no_extcfg else fn.cs.size
         self.slots = dict(sorted({**self.slots, devfn: fn}.items()))
         if isinstance(fn, PciBridge):
             fn.secondary = Bus(self.complex, fn, self)
@@ -99,7 +100,7 @@ class Bus:
 
 
 class RootComplex:
-    """One PCI segment (domain): a host bridge with its root bus, bus number range and apertures."""
+    """A host bridge: its root bus in a segment (domain), the bus numbers it decodes and its apertures."""
 
     def __init__(self, topology: Topology, segment: int, bus_start: int, bus_end: int,
                  apertures: tuple[Aperture, ...]) -> None:
@@ -111,34 +112,50 @@ class RootComplex:
 
 
 class Topology:
-    """All PCI segments of a machine and the configuration access mechanism (ECAM) in front of them."""
+    """All host bridges (root complexes) of a machine and the configuration access mechanism in front of them.
+
+    A segment (PCI domain) may hold several host bridges with disjoint bus number ranges, as multi-socket
+    servers do (one root bus per PCIe stack).
+    """
 
     def __init__(self) -> None:
-        self.segments: dict[int, RootComplex] = {}
+        self.host_bridges: list[RootComplex] = []
+        """In firmware (ACPI) order: by segment, then by first bus number."""
         self._routes: dict[int, tuple[Bus, bool] | None] = {}
+        """(segment, bus) -> (Bus, Type 0 here?) or None; dropped whenever routing may change."""
+        self._fns: dict[int, PciFunction | None] = {}
+        """(segment, bus, devfn) -> the claiming function or None; dropped with the routes."""
 
-    def add_segment(self, segment: int = 0, bus_start: int = 0, bus_end: int = 0xFF,
-                    apertures: tuple[Aperture, ...] = ()) -> RootComplex:
+    def add_host_bridge(self, segment: int = 0, bus_start: int = 0, bus_end: int = 0xFF,
+                        apertures: tuple[Aperture, ...] = ()) -> RootComplex:
         """Add a host bridge decoding ``segment`` buses [bus_start, bus_end]; returns it (``.root`` is its bus)."""
         if not 0 <= segment <= 0xFFFF:
             raise VfiolabError(f"segment {segment:#x} outside 0..0xffff")
-        if segment in self.segments:
-            raise VfiolabError(f"segment {segment:04x} already exists")
         if not 0 <= bus_start <= bus_end <= 0xFF:
             raise VfiolabError(f"segment {segment:04x}: bus range [{bus_start:#x}-{bus_end:#x}] invalid")
+        for rc in self.host_bridges:
+            if rc.segment == segment and rc.bus_start <= bus_end and bus_start <= rc.bus_end:
+                raise VfiolabError(f"segment {segment:04x}: bus range [{bus_start:02x}-{bus_end:02x}] overlaps "
+                                   f"the host bridge of [{rc.bus_start:02x}-{rc.bus_end:02x}]")
         rc = RootComplex(self, segment, bus_start, bus_end, tuple(apertures))
-        self.segments[segment] = rc
+        self.host_bridges.append(rc)
+        self.host_bridges.sort(key=lambda h: (h.segment, h.bus_start))
         self.invalidate()
         return rc
 
+    add_segment = add_host_bridge
+
     def invalidate(self) -> None:
-        """Forget cached routes (a bridge's bus numbers changed or the tree changed)."""
+        """Forget cached routes (bus numbers, ARI forwarding, VFs or the tree changed)."""
         self._routes.clear()
+        self._fns.clear()
 
     # ------------------------------------------------------------------ routing
     def _route(self, seg: int, busnr: int) -> tuple[Bus, bool] | None:
-        rc = self.segments.get(seg)
-        if rc is None or not rc.bus_start <= busnr <= rc.bus_end:
+        for rc in self.host_bridges:
+            if rc.segment == seg and rc.bus_start <= busnr <= rc.bus_end:
+                break
+        else:
             return None
         bus = rc.root
         if busnr == rc.bus_start:
@@ -156,11 +173,12 @@ class Topology:
             else:
                 return bus, False                 # nobody forwards it: only VFs may claim it
 
-    def _target(self, seg: int, busnr: int, devfn: int, off: int) -> PciFunction | None:
+    def _resolve(self, seg: int, busnr: int, devfn: int) -> PciFunction | None:
+        """The function claiming a request to (seg, bus, devfn) now (routing + port and VF rules)."""
         key = seg << 8 | busnr
-        try:
+        if key in self._routes:
             route = self._routes[key]
-        except KeyError:
+        else:
             route = self._routes[key] = self._route(seg, busnr)
         if route is None:
             return None
@@ -169,44 +187,40 @@ class Topology:
             if devfn >= 8 and bus.only_dev0:
                 br = bus.bridge
                 if br is None or not br.ari_forwarding():
-                    return None
+                    return None         # PCIe Base §7.3.1: a downstream port passes device 0 only
             fn = bus.slots.get(devfn)
-            if fn is None:
-                if not bus.vfs:
-                    return None
-                fn = bus.vfs.get(busnr << 8 | devfn)
-                if fn is None:
-                    return None
-        else:
-            if not bus.vfs:
-                return None
-            fn = bus.vfs.get(busnr << 8 | devfn)
-            if fn is None:
-                return None
-        if off >= fn.cs.size or (off >= LEGACY_SIZE and bus.no_extcfg):
-            return None
-        return fn
+            if fn is not None:
+                return fn
+        return bus.vfs.get(busnr << 8 | devfn) if bus.vfs else None
 
     def find(self, seg: int, busnr: int, devfn: int) -> PciFunction | None:
         """The function a configuration request to (seg, bus, devfn) would reach now, if any."""
-        return self._target(seg, busnr, devfn, 0)
+        key = seg << 16 | busnr << 8 | devfn
+        if key in self._fns:
+            return self._fns[key]
+        fn = self._fns[key] = self._resolve(seg, busnr, devfn)
+        return fn
 
     # ------------------------------------------------------------------ configuration access
     def config_read(self, seg: int, busnr: int, devfn: int, off: int, size: int) -> int:
         """A configuration read; all ones when no function claims it."""
-        if size not in (1, 2, 4) or off & (size - 1) or not 0 <= off < 4096:
-            raise ConfigAccessError(f"config read of {size} bytes at {off:#x}")
-        fn = self._target(seg, busnr, devfn, off)
+        fn = self._fns.get(seg << 16 | busnr << 8 | devfn)
         if fn is None:
+            fn = self.find(seg, busnr, devfn)
+        if fn is None or off >= fn.cfg_limit:
+            if size not in (1, 2, 4) or off & (size - 1) or not 0 <= off < 4096:
+                raise ConfigAccessError(f"config read of {size} bytes at {off:#x}")
             return _ONES[size]
         return fn.cs.read(off, size)
 
     def config_write(self, seg: int, busnr: int, devfn: int, off: int, size: int, value: int) -> None:
         """A configuration write; dropped when no function claims it."""
-        if size not in (1, 2, 4) or off & (size - 1) or not 0 <= off < 4096:
-            raise ConfigAccessError(f"config write of {size} bytes at {off:#x}")
-        fn = self._target(seg, busnr, devfn, off)
+        fn = self._fns.get(seg << 16 | busnr << 8 | devfn)
         if fn is None:
+            fn = self.find(seg, busnr, devfn)
+        if fn is None or off >= fn.cfg_limit:
+            if size not in (1, 2, 4) or off & (size - 1) or not 0 <= off < 4096:
+                raise ConfigAccessError(f"config write of {size} bytes at {off:#x}")
             return
         if not fn.is_virtfn:
             fn.captured_bus = busnr
@@ -214,21 +228,18 @@ class Topology:
 
     def config_dump(self, seg: int, busnr: int, devfn: int) -> bytes | None:
         """Every byte software can read from the function (256 or 4096), as a run of dword reads would."""
-        fn = self._target(seg, busnr, devfn, 0)
+        fn = self.find(seg, busnr, devfn)
         if fn is None:
             return None
-        n = fn.cs.size
-        if n > LEGACY_SIZE and self._target(seg, busnr, devfn, LEGACY_SIZE) is None:
-            n = LEGACY_SIZE
-        return fn.cs.dump(n)
+        return fn.cs.dump(fn.cfg_limit)
 
     # ------------------------------------------------------------------ model side
     def walk(self) -> Iterator[PciFunction]:
-        """Every function of every segment (VFs excluded), depth first in devfn order."""
-        for seg in sorted(self.segments):
-            yield from self.segments[seg].root.walk()
+        """Every function below every host bridge (VFs excluded), depth first in devfn order."""
+        for rc in self.host_bridges:
+            yield from rc.root.walk()
 
     def reset(self, kind: str = RESET_FUNDAMENTAL) -> None:
         """Reset the whole machine (power-on: a fundamental reset)."""
-        for seg in sorted(self.segments):
-            self.segments[seg].root.reset_all(kind)
+        for rc in self.host_bridges:
+            rc.root.reset_all(kind)
