@@ -37,7 +37,8 @@ Draw = Callable[[st.SearchStrategy[Any]], Any]
 PORT_TYPES = (0, 1, 4, 5, 6, 7, 8, 9, 10)
 IDS = (0x8086_10C9, 0x1AF4_1041, 0x1AF4_1000, 0x10DE_1E00, 0x144D_A808, 0x1B36_0010)
 CLASSES = (0x0200, 0x0604, 0x0C03, 0x0101, 0x0607, 0x0108, 0x0300, 0x0880)
-OTHER_MODES = (("-v",), ("-vv",), ("-xxxx",), ("-t",), ("-tv",), ("-vv", "-nn"), ("-v", "-n"), ("-x",))
+OTHER_MODES = (("-v",), ("-vv",), ("-xxxx",), ("-t",), ("-tv",), ("-vv", "-nn"), ("-v", "-n"), ("-x",), ("-vmm",),
+               ("-mm",))
 
 
 def all_builders() -> list[type[Capability]]:
@@ -150,7 +151,7 @@ def lspci_text(text: str, args: tuple[str, ...]) -> str | None:
 def options(args: tuple[str, ...]) -> LspciOptions:
     flags = "".join(a.lstrip("-") for a in args)
     return LspciOptions(verbose=flags.count("v"), hex=flags.count("x"), tree="t" in flags,
-                        numeric=flags.count("n"))
+                        machine=flags.count("m"), numeric=flags.count("n"))
 
 
 def explain(theirs: str, ours: str) -> str:

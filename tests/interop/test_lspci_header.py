@@ -24,7 +24,8 @@ pytestmark = pytest.mark.interop
 
 ALL_ARGS: tuple[tuple[str, ...], ...] = (
     (), ("-n",), ("-nn",), ("-v",), ("-vv",), ("-vvv",), ("-vvv", "-nn"), ("-v", "-n"), ("-x",), ("-xxx",),
-    ("-xxxx",), ("-vvv", "-xxxx"), ("-t",), ("-tv",), ("-tvnn",), ("-D",), ("-D", "-vv"),
+    ("-xxxx",), ("-vvv", "-xxxx"), ("-t",), ("-tv",), ("-tvnn",), ("-D",), ("-D", "-vv"), ("-m",), ("-mm",),
+    ("-vmm",), ("-vm", "-nn"), ("-mm", "-n", "-D"),
 )
 
 
@@ -279,7 +280,7 @@ def reference_topology() -> str:
 
 def test_tree_and_slot_filters() -> None:
     topo = reference_topology()
-    check(topo, [("-t",), ("-tv",), ("-t", "-s", "02:"), ("-t", "-s", "1f.2"), ("-t", "-s", "6:*.*"),
+    check(topo, [("-t",), ("-tv",), ("-mm", "-s", "7:"), ("-t", "-s", "02:"), ("-t", "-s", "1f.2"), ("-t", "-s", "6:*.*"),
                  ("-t", "-s", "9:"), ("-s", "02:01"), ("-s", ".1", "-v"), ("-s", "0:7:0.2", "-n"), ("-D",)])
 
 
@@ -289,7 +290,8 @@ def test_tree_with_domains_and_odd_bridges() -> None:
              ("0001:00:00.0", type0()), ("0001:00:01.0", type1(0, 1, 1)), ("0001:01:00.0", type0()),
              ("10000:00:00.0", type0()), ("00:03.0", type1(0, 0x20, 0x21)),
              ("21:00.0", type0()), ("33:00.0", type0())]               # bus 0x33: no bridge leads there
-    check(dump(*funcs), [("-t",), ("-tv",), ("-t", "-s", "1:0:"), (), ("-D",), ("-s", "10000:0:0")])
+    check(dump(*funcs), [("-t",), ("-tv",), ("-t", "-s", "1:0:"), (), ("-D",), ("-s", "10000:0:0"), ("-mm",),
+                         ("-vmm",)])
 
 
 def test_sorting_and_duplicate_slots() -> None:
@@ -319,4 +321,20 @@ def test_names_from_another_database(tmp_path: object) -> None:
     c = type0(vendor=0xABCD, device=0x5678, cls=0xFF0000)
     put(c, 0x2C, 0x5678_ABCD, 4)
     check(dump(("00:00.0", a), ("00:01.0", b), ("00:02.0", c), ("00:03.0", type1(0, 1, 1))),
-          [("-i", ids), ("-i", ids, "-v"), ("-i", ids, "-vnn"), ("-i", ids, "-n", "-v"), ("-i", ids, "-tv")])
+          [("-i", ids), ("-i", ids, "-v"), ("-i", ids, "-vnn"), ("-i", ids, "-n", "-v"), ("-i", ids, "-tv"),
+           ("-i", ids, "-vmm"), ("-i", ids, "-mm"), ("-i", ids, "-vmmnn")])
+
+
+def test_default_platform_matches_lspci(tmp_path: object) -> None:
+    """`vfiolab lspci` on the built-in platform == lspci -F on that platform's own -xxxx dump."""
+    pytest.importorskip("vfiolab.platform")
+    runner = CliRunner()
+    res = runner.invoke(lspci, ["-xxxx"])
+    assert res.exit_code == 0, res.output
+    path = os.path.join(str(tmp_path), "platform.dump")
+    with open(path, "wb") as f:
+        f.write(res.stdout_bytes)
+    for args in (("-vvv",), ("-tv",), ("-vmm", "-nn")):
+        ours = runner.invoke(lspci, list(args))
+        assert ours.exit_code == 0, ours.output
+        assert ours.stdout_bytes == lspci_bytes(path, args), args

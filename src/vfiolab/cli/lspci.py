@@ -31,6 +31,7 @@ def _platform_functions(platform: str | None) -> list[DumpedFunction]:
 @click.option("-v", "verbose", count=True, help="Be verbose (-vv or -vvv for more).")
 @click.option("-x", "hexdump", count=True, help="Hex dump: -x 64 bytes, -xxx 256, -xxxx 4096.")
 @click.option("-t", "tree", is_flag=True, help="Show the bus tree.")
+@click.option("-m", "machine", count=True, help="Machine-readable output (-mm: the current form).")
 @click.option("-n", "numeric", count=True, help="Numeric IDs (-nn: names and numbers).")
 @click.option("-s", "slot", metavar="[[[[<domain>]:]<bus>]:][<slot>][.[<func>]]",
               help="Show only functions in the selected slots.")
@@ -40,7 +41,7 @@ def _platform_functions(platform: str | None) -> list[DumpedFunction]:
 @click.option("--platform", "platform_file", metavar="FILE",
               help="Platform description (YAML) to enumerate instead of the built-in default.")
 @click.option("--json", "as_json", is_flag=True, help="vfiolab's JSON instead of lspci text.")
-def lspci(verbose: int, hexdump: int, tree: bool, numeric: int, slot: str | None, domains: bool,
+def lspci(verbose: int, hexdump: int, tree: bool, machine: int, numeric: int, slot: str | None, domains: bool,
           dump_file: str | None, ids_file: str | None, platform_file: str | None, as_json: bool) -> None:
     """List PCI functions exactly as pciutils 3.9 `lspci -F` would show the same config space."""
     from vfiolab.pci.lspci import LspciOptions, render_result
@@ -48,8 +49,8 @@ def lspci(verbose: int, hexdump: int, tree: bool, numeric: int, slot: str | None
 
     if dump_file is not None and platform_file is not None:
         raise VfiolabError("lspci: give either -F FILE or --platform FILE, not both")
-    opts = LspciOptions(verbose=verbose, hex=hexdump, tree=tree, numeric=numeric, slot=slot, domains=domains,
-                        json=as_json, ids_path=ids_file or DEFAULT_PCI_IDS)
+    opts = LspciOptions(verbose=verbose, hex=hexdump, tree=tree, machine=machine, numeric=numeric, slot=slot,
+                        domains=domains, json=as_json, ids_path=ids_file or DEFAULT_PCI_IDS)
     funcs = _load_dump(dump_file) if dump_file is not None else _platform_functions(platform_file)
     result = render_result(funcs, opts)
     for warning in result.warnings:

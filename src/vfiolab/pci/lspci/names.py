@@ -245,10 +245,10 @@ class Namer:
         db = self.db
         return self._pair(db.vendors.get(vendor), db.devices.get((vendor, device)), num, size)
 
-    def vendor(self, vendor: int, size: int = BUF_NAME) -> str:
-        """PCI_LOOKUP_VENDOR (machine-readable output)."""
+    def vendor(self, vendor: int, size: int = BUF_NAME, unknown: str = "Vendor") -> str:
+        """PCI_LOOKUP_VENDOR (machine-readable output; "Unknown vendor" for a subsystem vendor)."""
         num = f"{vendor:04x}"
-        return num if self.numeric == 1 else self._fmt(self.db.vendors.get(vendor), num, "Vendor", size)
+        return num if self.numeric == 1 else self._fmt(self.db.vendors.get(vendor), num, unknown, size)
 
     def device(self, vendor: int, device: int, size: int = BUF_NAME) -> str:
         """PCI_LOOKUP_DEVICE (machine-readable output)."""
@@ -266,6 +266,11 @@ class Namer:
         if name is None and v == sv and d == sd:
             name = db.devices.get((v, d))
         return name
+
+    def subsys_device(self, v: int, d: int, sv: int, sd: int, size: int = BUF_NAME) -> str:
+        """PCI_LOOKUP_SUBSYSTEM | PCI_LOOKUP_DEVICE (machine-readable SDevice)."""
+        num = f"{sd:04x}"
+        return num if self.numeric == 1 else self._fmt(self._subsys_name(v, d, sv, sd), num, "Device", size)
 
     def subsystem(self, v: int, d: int, sv: int, sd: int, size: int = BUF_SUBSYS) -> str:
         """PCI_LOOKUP_SUBSYSTEM | PCI_LOOKUP_VENDOR | PCI_LOOKUP_DEVICE (the "Subsystem:" line)."""

@@ -17,6 +17,8 @@ class LspciOptions:
     """-x (64 bytes), -xxx (256), -xxxx (4096)"""
     tree: bool = False
     """-t"""
+    machine: int = 0
+    """-m (obsolete machine-readable form), -mm"""
     numeric: int = 0
     """-n (numbers), -nn (names and numbers)"""
     slot: str | None = None

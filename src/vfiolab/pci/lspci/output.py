@@ -15,6 +15,7 @@ from vfiolab.pci.dump import DumpedFunction
 from vfiolab.pci.lspci.capwalk import CapText, walk_caps
 from vfiolab.pci.lspci.device import Device, make_device
 from vfiolab.pci.lspci.header import show_verbose_header
+from vfiolab.pci.lspci.machine import show_machine
 from vfiolab.pci.lspci.names import BUF_TREE, Namer
 from vfiolab.pci.lspci.options import LspciOptions, Rendered
 from vfiolab.pci.lspci.slotfilter import SlotFilter, parse_slot
@@ -96,9 +97,12 @@ def render_text(funcs: list[DumpedFunction], opts: LspciOptions) -> Rendered:
     for d in devs:
         if flt is not None and not flt.match(d.domain, d.bus, d.dev, d.func):
             continue
-        w(_terse(d, opts, namer, show_domain))
-        if opts.verbose:
-            show_verbose_header(w, d, opts.verbose, caps)
+        if opts.machine:
+            w(show_machine(d, opts.machine, opts.verbose, namer, opts.domains))
+        else:
+            w(_terse(d, opts, namer, show_domain))
+            if opts.verbose:
+                show_verbose_header(w, d, opts.verbose, caps)
         if opts.hex:
             w(_hexdump(d, opts.hex))
         if opts.verbose or opts.hex:
