@@ -92,21 +92,10 @@ ensure_kernel() {
 # --- initramfs ----------------------------------------------------------------------------------------------
 # Sets INITRD: busybox-static + /init, rebuilt when either changes.
 ensure_initrd() {
-  local bb=/bin/busybox
-  if command -v file >/dev/null && ! file -L "$bb" | grep -q 'statically linked'; then
-    log "groups-oracle: $bb is not statically linked (install busybox-static: make apt)"; return 1
-  fi
-  INITRD="$base/initrd/$(sha "$bb" "$src/init.sh").gz"
+  INITRD="$base/initrd/$(sha /bin/busybox "$src/init.sh").gz"
   [ -s "$INITRD" ] && return 0
   log "groups-oracle: packing initramfs"
-  local tmp; tmp=$(mktemp -d "$base/.initrd.XXXXXX")
-  mkdir -p "$tmp/bin" "$tmp/proc" "$tmp/sys" "$tmp/dev" "$base/initrd"
-  cp "$bb" "$tmp/bin/busybox"
-  for a in $("$bb" --list); do [ "$a" = busybox ] || ln -s busybox "$tmp/bin/$a"; done
-  install -m 0755 "$src/init.sh" "$tmp/init"
-  (cd "$tmp" && find . | cpio -o -H newc --quiet | gzip -1) > "$INITRD.tmp"
-  mv "$INITRD.tmp" "$INITRD"
-  rm -rf "$tmp"
+  busybox_initramfs "$src/init.sh" "$INITRD"
 }
 
 # --- one topology -------------------------------------------------------------------------------------------
@@ -135,9 +124,10 @@ capture() {
   name=$(basename "$topo" .qemu)
   out="$base/$KVER/$name"
   local bkey pkey
-  # What the boot depends on: kernel, QEMU, command line, initramfs and the topology's arguments (not its comments).
+  # What the boot depends on: kernel, QEMU, command line, initramfs inputs (its name is their hash; a repack
+  # differs only in cpio timestamps) and the topology's arguments (not its comments).
   bkey=$(printf '%s\n' "$KVER" "$(qemu-system-x86_64 --version | head -n1)" "${QEMU_BASE[*]}" "$APPEND" \
-         "$(sha "$INITRD")" "$(topology_args "$topo")")
+         "$(basename "$INITRD")" "$(topology_args "$topo")")
   bkey=$(printf '%s' "$bkey" | sha256sum | cut -c1-16)
   pkey=$(sha "$src/parse_capture.py" "$repo/src/vfiolab/pci/dump.py")
   if [ -e "$out/.boot-key" ] && [ "$(cat "$out/.boot-key")" = "$bkey" ]; then

@@ -37,3 +37,20 @@ _private_apt_run() {
   fi
   "$tool" "${opts[@]}" "$@"
 }
+
+# Pack a busybox-static initramfs (applet links in /bin, empty /proc /sys /dev /tmp) with INIT as /init,
+# written atomically to OUT as a gzip'd newc cpio.  usage: busybox_initramfs INIT OUT
+busybox_initramfs() {
+  local init=$1 out=$2 bb=/bin/busybox
+  if command -v file >/dev/null && ! file -L "$bb" | grep -q 'statically linked'; then
+    log "$bb is not statically linked (install busybox-static: make apt)"; return 1
+  fi
+  local tmp; tmp=$(mktemp -d "${TMPDIR:-/tmp}/vfiolab-initramfs.XXXXXX")
+  mkdir -p "$tmp/bin" "$tmp/proc" "$tmp/sys" "$tmp/dev" "$tmp/tmp" "$(dirname "$out")"
+  cp "$bb" "$tmp/bin/busybox"
+  for a in $("$bb" --list); do [ "$a" = busybox ] || ln -s busybox "$tmp/bin/$a"; done
+  install -m 0755 "$init" "$tmp/init"
+  (cd "$tmp" && find . | cpio -o -H newc --quiet | gzip -1) > "$out.tmp"
+  mv "$out.tmp" "$out"
+  rm -rf "$tmp"
+}
