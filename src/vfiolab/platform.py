@@ -801,8 +801,12 @@ def generate_fabric(n_functions: int, *, vfs_per_pf: int = 16, ports_per_switch:
         buses = 1
         dev = 1
         while total < n_functions and dev < 32 and buses + 3 + 2 * ports_per_switch < 256:
-            ports = []
+            ports: list[dict[str, Any]] = []
+            total += 2                  # the root port and the switch's upstream port
+            buses += 2
             for p in range(ports_per_switch):
+                if ports and total >= n_functions:
+                    break
                 kind = leaf % 4
                 leaf += 1
                 behind, count = _fabric_leaf(kind, vfs_per_pf)
@@ -813,8 +817,6 @@ def generate_fabric(n_functions: int, *, vfs_per_pf: int = 16, ports_per_switch:
                             "acs": True, "ext_caps": ["aer"],
                             "devices": [{"kind": "switch", "slot": "00.0",
                                          "upstream": {"vendor": 0x10B5, "device": 0x8747}, "ports": ports}]})
-            total += 2
-            buses += 2
             dev += 1
         host_bridges.append({"segment": seg, "buses": [0, 0xFF],
                              "apertures": [{"type": "io", "start": 0x1000, "end": 0xFFFF},

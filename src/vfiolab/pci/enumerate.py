@@ -1126,14 +1126,28 @@ class Enumeration:
             out.append(rec)
         return out
 
+    @staticmethod
+    def resource_lines(dev: PciDev) -> list[tuple[int, int, int]]:
+        """sysfs ``resource`` (pci-sysfs.c resource_show()): 13 lines, 17 for bridges; unused ones zero,
+        bridge windows that are unset or disabled zero too."""
+        lines = []
+        for i, r in enumerate(dev.resources[:PCI_NUM_RESOURCES if dev.subordinate else PCI_BRIDGE_RESOURCES]):
+            if not r.flags or (i >= PCI_BRIDGE_RESOURCES and r.flags & (IORESOURCE_UNSET | IORESOURCE_DISABLED)):
+                lines.append((0, 0, 0))
+            else:
+                lines.append((r.start, r.end, r.flags))
+        return lines
+
     def dumps(self) -> list[DumpedFunction]:
-        """Every device's config bytes as Linux exposes them (cfg_size: 256 or 4096), in probe order."""
+        """Every device's config bytes as Linux exposes them (cfg_size: 256 or 4096), in probe order, with
+        its sysfs resource lines."""
         out = []
         for dev in self.devices:
             data = self.topology.config_dump(dev.seg, dev.bus.number, dev.devfn)
             if data is None:
                 raise VfiolabError(f"{dev.name} no longer answers configuration reads")
-            out.append(DumpedFunction(dev.seg, dev.bus.number, dev.devfn, data[:dev.cfg_size]))
+            out.append(DumpedFunction(dev.seg, dev.bus.number, dev.devfn, data[:dev.cfg_size],
+                                      resources=self.resource_lines(dev)))
         return out
 
 

@@ -41,6 +41,7 @@ class VfSpec:
     caps: CapFactory = _no_caps
     ext_caps: CapFactory = _no_caps
     express: dict[str, object] | None = None
+    """ExpressCap keyword arguments for the VFs (default: an endpoint with FLR, as VFs must have)."""
     extra: dict[str, object] = field(default_factory=dict)
 
 
@@ -54,7 +55,9 @@ class VirtualFunction(PciFunction):
         self.real_vendor, self.real_device = pf.vendor, cap.vf_device_id()
         super().__init__(0xFFFF, 0xFFFF, spec.class_code, revision=spec.revision,
                          subsys_vendor=spec.subsys_vendor, subsys_id=spec.subsys_id, interrupt_pin=0,
-                         caps=with_express(0, spec.caps(), spec.express), ext_caps=spec.ext_caps(),
+                         caps=with_express(0, spec.caps(), spec.express if spec.express is not None
+                                           else {"flr": True}),   # §9.3.4.1: VFs implement FLR
+                         ext_caps=spec.ext_caps(),
                          name=f"{pf.name or 'PF'} VF{index}")
 
     def _command_rw(self) -> int:
