@@ -13,12 +13,13 @@ the PCIe port services (AER/PME/hotplug) and firmware (_OSC, _HPX, EA) inputs.
 from __future__ import annotations
 
 import gc
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from vfiolab.errors import VfiolabError
 from vfiolab.pci import regs
+from vfiolab.pci.acs import enable_acs
 from vfiolab.pci.dump import DumpedFunction
 from vfiolab.pci.pcidev import (
     IORESOURCE_DISABLED,
@@ -118,7 +119,6 @@ PCI_CLASS_BRIDGE_HOST = 0x0600
 PCI_CLASS_BRIDGE_PCI = 0x0604
 PCI_CLASS_NOT_DEFINED = 0x0000
 
-AcsEnable = Callable[..., None]
 
 
 @contextmanager
@@ -132,17 +132,6 @@ def gc_paused() -> Iterator[None]:
     finally:
         if was:
             gc.enable()
-
-
-def _load_enable_acs() -> AcsEnable | None:
-    # FAILING-SAFE IMPORT: vfiolab.pci.acs (the [groups] developer's) provides enable_acs(read, write).
-    # Until it exists, enumeration with an IOMMU records that ACS was not configured (Enumeration.notes)
-    # instead of guessing.  Remove this fallback once vfiolab.pci.acs has landed.
-    try:
-        from vfiolab.pci.acs import enable_acs
-    except ImportError:
-        return None
-    return enable_acs
 
 
 @dataclass
@@ -918,9 +907,7 @@ class Enumeration:
         """pci_bus_add_devices() order; devices added later (VFs) are appended."""
         self.unassigned: list[tuple[PciDev, int]] = []
         self.notes: list[str] = []
-        self._enable_acs = _load_enable_acs() if options.iommu else None
-        if options.iommu and self._enable_acs is None:
-            self.notes.append("IOMMU present but vfiolab.pci.acs.enable_acs is unavailable: ACS not enabled")
+        """What enumeration could not do as Linux would (empty when all went as on a real machine)."""
 
     # ------------------------------------------------------------------ boot
     def boot(self) -> None:
@@ -967,7 +954,7 @@ class Enumeration:
 
     def _add_device(self, dev: PciDev) -> None:
         self.devices.append(dev)
-        if self._enable_acs is not None:
+        if self.options.iommu:
             # pci_dma_configure() -> pci_enable_acs() when the IOMMU probes the device; Intel PCH root
             # port quirks read the LPC bridge at device 31.0 of the same bus.
             seg, busnr, rd = dev.seg, dev.bus.number, self.topology.config_read
@@ -975,7 +962,7 @@ class Enumeration:
             def read_lpc(off: int, size: int) -> int:
                 return rd(seg, busnr, 0xF8, off, size)
 
-            self._enable_acs(dev.read, dev.write, read_lpc=read_lpc)
+            enable_acs(dev.read, dev.write, read_lpc=read_lpc)
 
     # ------------------------------------------------------------------ drivers
     def enable_device(self, dev: PciDev, mem_only: bool = False) -> bool:

@@ -156,7 +156,7 @@ class SriovController:
             vf.bus, vf.devfn, vf.cfg_limit = bus, rid & 0xFF, vf.cs.size
             self.vfs.append(vf)
             bus.vfs[rid] = vf
-        bus.complex.topology.invalidate()
+        bus.complex.topology.invalidate_rids(bus.complex.segment, [vf.rid for vf in self.vfs])
 
     def _remove(self) -> None:
         bus = self.pf.bus
@@ -164,7 +164,7 @@ class SriovController:
             if bus is not None and bus.vfs.get(vf.rid) is vf:
                 del bus.vfs[vf.rid]
         if self.vfs and bus is not None:
-            bus.complex.topology.invalidate()
+            bus.complex.topology.invalidate_rids(bus.complex.segment, [vf.rid for vf in self.vfs])
         self.vfs = []
 
 

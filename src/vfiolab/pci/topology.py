@@ -146,9 +146,14 @@ class Topology:
     add_segment = add_host_bridge
 
     def invalidate(self) -> None:
-        """Forget cached routes (bus numbers, ARI forwarding, VFs or the tree changed)."""
+        """Forget cached routes (bus numbers, ARI forwarding or the tree changed)."""
         self._routes.clear()
         self._fns.clear()
+
+    def invalidate_rids(self, seg: int, rids: list[int]) -> None:
+        """Forget what is cached for these routing IDs (VFs came or went; the routes stay valid)."""
+        for rid in rids:
+            self._fns.pop(seg << 16 | rid, None)
 
     # ------------------------------------------------------------------ routing
     def _route(self, seg: int, busnr: int) -> tuple[Bus, bool] | None:
