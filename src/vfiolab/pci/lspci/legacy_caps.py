@@ -149,15 +149,23 @@ def _ht_freq_err(out: Out, suffix: str, lfrer: int, lfcap: int) -> None:
     out.write(f"\t\tLink Frequency Capability{suffix}: {flags(lfcap, _HT_LFCAP)}\n")
 
 
-def _ht_primary(ctx: DecodeContext, out: Out, where: int, cmd: int) -> None:
-    # ls-caps.c cap_ht_pri()
-    out.write("HyperTransport: Slave or Primary Interface\n")
-    if ctx.verbose < 2 or not ctx.fetch(where + 4, 28 - 4):
-        return
-    rid = ctx.r8(where + 12)
-    new = rid >= 0x22
+def _ht_start(ctx: DecodeContext, out: Out, where: int, title: str, size: int, rid_reg: int) -> int | None:
+    # Title, then the Revision ID if -vv and the whole structure was given (None: stop here).
+    out.write(f"HyperTransport: {title}\n")
+    if ctx.verbose < 2 or not ctx.fetch(where + 4, size - 4):
+        return None
+    rid = ctx.r8(where + rid_reg)
     if 0x11 < rid < 0x22:
         out.write("\t\t!!! Possibly incomplete decoding\n")
+    return rid
+
+
+def _ht_primary(ctx: DecodeContext, out: Out, where: int, cmd: int) -> None:
+    # ls-caps.c cap_ht_pri()
+    rid = _ht_start(ctx, out, where, "Slave or Primary Interface", 28, 12)
+    if rid is None:
+        return
+    new = rid >= 0x22
     out.write(f"\t\tCommand: BaseUnitID={cmd & 0x1F} UnitCnt={(cmd & 0x3E0) >> 5} MastHost{flag(cmd, 0x400)} "
               f"DefDir{flag(cmd, 0x800)}" + (f" DUL{flag(cmd, 0x1000)}" if new else "") + "\n")
     out.write(_ht_link_control("Link Control 0", ctx.r16(where + 4), new))
@@ -177,13 +185,10 @@ def _ht_primary(ctx: DecodeContext, out: Out, where: int, cmd: int) -> None:
 
 def _ht_secondary(ctx: DecodeContext, out: Out, where: int, cmd: int) -> None:
     # ls-caps.c cap_ht_sec()
-    out.write("HyperTransport: Host or Secondary Interface\n")
-    if ctx.verbose < 2 or not ctx.fetch(where + 4, 24 - 4):
+    rid = _ht_start(ctx, out, where, "Host or Secondary Interface", 24, 8)
+    if rid is None:
         return
-    rid = ctx.r8(where + 8)
     new = rid >= 0x22
-    if 0x11 < rid < 0x22:
-        out.write("\t\t!!! Possibly incomplete decoding\n")
     text = f"\t\tCommand: WarmRst{flag(cmd, 0x1)} DblEnd{flag(cmd, 0x2)}"
     if new:
         text += (f" DevNum={(cmd & 0x7C) >> 2} ChainSide{flag(cmd, 0x80)} HostHide{flag(cmd, 0x100)} "
