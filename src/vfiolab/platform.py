@@ -1,10 +1,42 @@
 """A whole machine from a YAML description: host bridges, ports, switches, endpoints, SR-IOV, drivers.
 
 ``Platform.load(path)`` reads and validates a description (errors name the YAML path), ``build()`` makes
-the hardware (a Topology of functions), ``boot()`` enumerates it like Linux, binds the drivers the
+the hardware (a Topology of functions at reset), ``boot()`` enumerates it like Linux, binds the drivers the
 description asks for and enables the requested VFs (like writing ``sriov_numvfs``).  ``snapshot()``
 returns every function's config bytes in Linux probe order.  ``generate_fabric(n)`` makes big synthetic
-machines for benchmarks.  The built-in default (platforms/default.yaml) is a two-socket-style server.
+machines for benchmarks.  The built-in default (platforms/default.yaml) is a one-socket Xeon server.
+
+Description (YAML)::
+
+    name: text                      iommu: bool (ACS enabled at IOMMU probe)
+    realloc: bool (pci=realloc=on/off; absent = CONFIG_PCI_REALLOC_ENABLE_AUTO)
+    pci_mem_start: int (PCIBIOS_MIN_MEM)
+    host_bridges:                   one per root bus; several may share a segment with disjoint buses
+      - segment: 0
+        buses: [first, last]
+        apertures: [{type: io|mem, start, end, prefetch: bool}]     (ACPI _CRS windows)
+        devices: [function, ...]     the root bus
+
+    function:   kind: host_bridge | endpoint | legacy_endpoint | rciep | pci | root_port | upstream_port |
+                      downstream_port | pcie_pci_bridge | pci_bridge | switch
+                slot: "dd.f" (hex) or devfn: n (ARI functions beyond 7)
+                vendor, device, class, revision, subsystem: [vendor, id]
+                bars: [{index, type: mem32|mem64|io, size: 4096 | "16K" | "2M", prefetch}]   rom: size
+                interrupt_pin: A-D | none          multifunction: bool (default: more than one function)
+                caps: [name | {name: {kwargs}}]    ext_caps: [...]   (names: CAPS below)
+                express: {ExpressCap kwargs, slot: {SlotCaps kwargs}}
+                acs: true | {cap, ctrl}            ari: true (Next Function filled in along the device)
+                sriov: {total_vfs, num_vfs (enabled after boot), vf_device, offset, stride,
+                        vf_bars: [size | {size, mem64, prefetch} | null], vf_caps, vf_ext_caps,
+                        vf_class, vf_express, vf_driver, initial_vfs, vf_migration, func_link, ...}
+                driver: bool   -- a driver binds at boot: pci_enable_device() + pci_set_master()
+      bridges:  io_window, io32, pref_window, pref64: bool     window_reset: disabled | zero
+                hotplug: bool (root/downstream ports)   slot_number: n     devices: [function, ...]
+      switch:   slot, upstream: {function of kind upstream_port}, ports: [downstream_port functions]
+
+Drivers: by default endpoints, RCiEPs, conventional devices and PCIe ports (Linux's pcieport) bind one;
+host bridges and PCI(e)-to-PCI bridges do not (Linux enables them via pci_enable_bridge() when a device
+below is enabled); VFs only with ``vf_driver: true``.
 """
 
 from __future__ import annotations

@@ -266,3 +266,77 @@ def test_sysfs_resource_lines_have_linux_flags(qemu: Machine) -> None:
     rp = funcs["00:02.0"].resources
     assert rp is not None and len(rp) == 17 and [r[2] for r in rp[13:16]] == [0x100, 0x200, 0x102201]
     assert rp[0][1] - rp[0][0] + 1 == 0x1000 and rp[0][2] == 0x40200
+
+
+def test_sriov_on_the_root_bus_and_behind_a_switch_like_linux() -> None:
+    # Capture e-sriov (Linux 7.2 on QEMU): an RCiEP PF on the root bus (no port above: no ARI
+    # hierarchy), a PF below a root port and one below a switch port (ARI Forwarding only where an ARI
+    # device 0 sits), VFs added after boot in the order sriov_numvfs was written.
+    def nvme(kind: str, vfs: int) -> dict[str, Any]:
+        return {"kind": kind, "slot": "00.0", "vendor": 0x1B36, "device": 0x10, "class": 0x010802, "ari": True,
+                "bars": [{"index": 0, "type": "mem64", "size": "16K"}],
+                "sriov": {"total_vfs": vfs, "num_vfs": vfs, "vf_device": 0x10, "vf_ext_caps": ["ari"],
+                          "vf_bars": [{"size": "16K", "prefetch": False}]}}
+
+    rp = {"kind": "root_port", "vendor": 0x1B36, "device": 0xC, "acs": True}
+    rng = {"kind": "endpoint", "slot": "00.0", "vendor": 0x1AF4, "device": 0x1044, "class": 0xFF00}
+    desc = {"host_bridges": [{"apertures": [{"type": "mem", "start": 0x80000000, "end": 0xFEBFFFFF}],
+                              "devices": [
+        {"kind": "host_bridge", "slot": "00.0", "vendor": 0x8086, "device": 0x29C0},
+        {**rp, "slot": "02.0", "devices": [nvme("endpoint", 4)]},
+        {**rp, "slot": "03.0", "devices": [{"kind": "switch", "slot": "00.0",
+                                            "upstream": {"vendor": 0x104C, "device": 0x8232},
+                                            "ports": [{"slot": "00.0", "vendor": 0x104C, "device": 0x8233,
+                                                       "devices": [nvme("endpoint", 2)]},
+                                                      {"slot": "01.0", "vendor": 0x104C, "device": 0x8233,
+                                                       "devices": [rng]}]}]},
+        {**nvme("rciep", 2), "slot": "04.0"}]}]}
+    m = Platform.from_dict(desc, "<e-sriov>").boot()
+    e = m.enumeration
+    assert [d.name[5:] for d in e.devices] == [
+        "00:00.0", "00:02.0", "00:03.0", "00:04.0", "01:00.0", "02:00.0", "03:00.0", "03:01.0", "04:00.0",
+        "05:00.0", "00:04.1", "00:04.2", "01:00.1", "01:00.2", "01:00.3", "01:00.4", "04:00.1", "04:00.2"]
+    assert bus_numbers(m)["00:03.0"] == (0, 2, 5)
+    ari = {n: e.find(f"0000:{n}").read(e.find(f"0000:{n}").pcie_cap + 0x28, 2) & 0x20
+           for n in ("00:02.0", "00:03.0", "03:00.0", "03:01.0")}
+    assert ari == {"00:02.0": 0x20, "00:03.0": 0, "03:00.0": 0x20, "03:01.0": 0}
+    iovctl = {n: e.find(f"0000:{n}").read(e.find(f"0000:{n}").sriov.pos + 8, 2)  # type: ignore[union-attr]
+              for n in ("00:04.0", "01:00.0", "04:00.0")}
+    assert iovctl == {"00:04.0": 0x09, "01:00.0": 0x19, "04:00.0": 0x19}   # ARIHierarchy only below a port
+
+
+def test_conventional_and_subtractive_bridges_number_like_linux() -> None:
+    # Capture c-pci-bridges (Linux 7.2 on QEMU): PCIe-to-PCI bridges, conventional PCI-to-PCI bridges
+    # (nested and on the root bus) and subtractive-decode 82801 bridges (prog-if 01).
+    edu = {"kind": "pci", "vendor": 0x1234, "device": 0x11E8, "class": 0xFF00,
+           "bars": [{"index": 0, "type": "mem32", "size": "1M"}]}
+    rng = {"kind": "pci", "vendor": 0x1AF4, "device": 0x1005, "class": 0xFF00,
+           "bars": [{"index": 0, "type": "io", "size": 32}]}
+
+    def at(d: dict[str, Any], slot: str) -> dict[str, Any]:
+        return {**d, "slot": slot}
+
+    pcie_pci = {"kind": "pcie_pci_bridge", "vendor": 0x1B36, "device": 0xE}
+    pci_pci = {"kind": "pci_bridge", "vendor": 0x1B36, "device": 0x1}
+    dmi = {"kind": "pci_bridge", "vendor": 0x8086, "device": 0x244E, "class": 0x060401, "revision": 0x92}
+    rp = {"kind": "root_port", "vendor": 0x1B36, "device": 0xC, "acs": True}
+    desc = {"host_bridges": [{"apertures": [{"type": "io", "start": 0x1000, "end": 0xFFFF},
+                                            {"type": "mem", "start": 0x80000000, "end": 0xFEBFFFFF}],
+                              "devices": [
+        {"kind": "host_bridge", "slot": "00.0", "vendor": 0x8086, "device": 0x29C0},
+        {**rp, "slot": "02.0", "devices": [{**pcie_pci, "slot": "00.0", "devices": [
+            at(edu, "01.0"), at(rng, "02.0"),
+            {**pci_pci, "slot": "03.0", "devices": [at(edu, "01.0"), at(rng, "02.0")]}]}]},
+        {**pcie_pci, "slot": "03.0", "devices": [at(edu, "01.0")]},
+        {**pci_pci, "slot": "04.0", "devices": [at(rng, "01.0"), at(edu, "02.0")]},
+        {**rp, "slot": "05.0", "devices": [{**dmi, "slot": "00.0", "devices": [at(edu, "01.0")]}]},
+        {**dmi, "slot": "1e.0", "devices": [at(rng, "01.0")]}]}]}
+    m = Platform.from_dict(desc, "<c-pci-bridges>").boot()
+    assert not m.enumeration.unassigned
+    assert [d.name[5:] for d in m.enumeration.devices] == [
+        "00:00.0", "00:02.0", "00:03.0", "00:04.0", "00:05.0", "00:1e.0", "01:00.0", "02:01.0", "02:02.0",
+        "02:03.0", "03:01.0", "03:02.0", "04:01.0", "05:01.0", "05:02.0", "06:00.0", "07:01.0", "08:01.0"]
+    assert bus_numbers(m) == {
+        "00:02.0": (0, 1, 3), "00:03.0": (0, 4, 4), "00:04.0": (0, 5, 5), "00:05.0": (0, 6, 7),
+        "00:1e.0": (0, 8, 8), "01:00.0": (1, 2, 3), "02:03.0": (2, 3, 3), "06:00.0": (6, 7, 7)}
+    assert m.enumeration.find("0000:00:1e.0").transparent
