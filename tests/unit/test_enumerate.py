@@ -340,3 +340,73 @@ def test_conventional_and_subtractive_bridges_number_like_linux() -> None:
         "00:02.0": (0, 1, 3), "00:03.0": (0, 4, 4), "00:04.0": (0, 5, 5), "00:05.0": (0, 6, 7),
         "00:1e.0": (0, 8, 8), "01:00.0": (1, 2, 3), "02:03.0": (2, 3, 3), "06:00.0": (6, 7, 7)}
     assert m.enumeration.find("0000:00:1e.0").transparent
+
+
+def tree(draw: Any, depth: int) -> list[dict[str, Any]]:
+    """Random devices for one bus: endpoints, multi-function devices, switches, PCIe-to-PCI bridges."""
+    from hypothesis import strategies as st
+
+    n = draw(st.integers(1, 3))
+    out: list[dict[str, Any]] = []
+    for _ in range(n):
+        kind = draw(st.sampled_from(["ep", "mf", "switch", "pcie_pci"] if depth < 3 else ["ep", "mf"]))
+        ep = {"kind": "endpoint", "vendor": 0x1AF4, "device": 0x1044, "class": 0xFF00,
+              "bars": [{"index": 0, "type": "mem32", "size": "4K"}]}
+        if kind == "ep":
+            out.append([ep])
+        elif kind == "mf":
+            out.append([{**ep, "slot": f"00.{f}"} for f in range(draw(st.integers(2, 4)))])
+        elif kind == "switch":
+            ports = [{"slot": f"{p:02x}.0", "vendor": 0x10B5, "device": 0x8747,
+                      "devices": [{**d, "slot": d.get("slot", "00.0")} for d in draw_one(draw, depth + 1)]}
+                     for p in range(draw(st.integers(1, 3)))]
+            out.append([{"kind": "switch", "upstream": {"vendor": 0x10B5, "device": 0x8747}, "ports": ports}])
+        else:
+            conv = [{"kind": "pci", "slot": f"{d:02x}.0", "vendor": 0x8086, "device": 0x107C, "class": 0x20000}
+                    for d in range(1, draw(st.integers(1, 3)) + 1)]
+            out.append([{"kind": "pcie_pci_bridge", "vendor": 0x1A03, "device": 0x1150, "devices": conv}])
+    return out  # type: ignore[return-value]
+
+
+def draw_one(draw: Any, depth: int) -> list[dict[str, Any]]:
+    """What sits behind one port: one device (possibly multi-function)."""
+    return tree(draw, depth)[0]  # type: ignore[return-value]
+
+
+def test_random_trees_enumerate_depth_first_and_route_back() -> None:
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    @settings(max_examples=25, deadline=None)
+    @given(st.data())
+    def check(data: Any) -> None:
+        groups = tree(data.draw, 0)
+        devices = [{"kind": "host_bridge", "slot": "00.0", "vendor": 0x8086, "device": 0x29C0}]
+        for i, behind in enumerate(groups):
+            devices.append({"kind": "root_port", "slot": f"{i + 1:02x}.0", "vendor": 0x8086, "device": 0x2030,
+                            "devices": [{**d, "slot": d.get("slot", "00.0")} for d in behind]})
+        m = Platform.from_dict({"host_bridges": [{"apertures": [
+            {"type": "mem", "start": 0x80000000, "end": 0xFEBFFFFF}], "devices": devices}]}).boot()
+        e, topo = m.enumeration, m.topology
+        assert not e.unassigned
+        # Every function of the hardware is found exactly once, where routing finds it again.
+        found = {(d.bus.number, d.devfn): d for d in e.devices}
+        assert len(found) == len(e.devices) == sum(1 for _ in topo.walk())
+        for (bus, devfn), d in found.items():
+            assert topo.find(0, bus, devfn) is not None and d.read(0, 2) == d.vendor
+        # Depth first: each bridge's secondary is the next free number, subordinate covers exactly its subtree.
+        nxt = 1
+        def visit(bus: Any) -> int:
+            nonlocal nxt
+            last = bus.number
+            for d in bus.devices:
+                if d.subordinate is not None:
+                    assert d.subordinate.number == nxt
+                    nxt += 1
+                    sub = visit(d.subordinate)
+                    assert d.read(regs.SUBORDINATE_BUS, 1) == sub == d.subordinate.busn_end
+                    last = sub
+            return last
+        assert visit(e.root_buses[0]) == nxt - 1
+
+    check()
