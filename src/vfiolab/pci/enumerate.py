@@ -454,7 +454,7 @@ class Scanner:
 
     # ------------------------------------------------------------------ bridge windows
     def _read_bridge_windows(self, br: PciDev) -> None:
-        """pci_read_bridge_windows(): probe which optional windows exist by writing and reading back."""
+        """pci_read_bridge_windows() (probe.c): probe which optional windows exist by writing, reading back."""
         io = br.read(regs.IO_BASE, 2)
         if not io:
             br.write(regs.IO_BASE, 2, 0xE0F0)
@@ -487,7 +487,7 @@ class Scanner:
             res.flags |= IORESOURCE_UNSET | IORESOURCE_DISABLED
 
     def _read_bridge_bases(self, bus: PciBus) -> None:
-        """pci_read_bridge_bases() (x86 pcibios_fixup_bus): the windows as programmed now."""
+        """pci_read_bridge_bases() (probe.c, via x86 pcibios_fixup_bus()): the windows as programmed now."""
         br = bus.self_dev
         if br is None:
             return
@@ -521,7 +521,7 @@ class Scanner:
 
     # ------------------------------------------------------------------ pci_device_add
     def _configure_device(self, dev: PciDev) -> None:
-        """pci_configure_device(): MPS, extended tags, SERR forwarding, RCB (PCIE_BUS_DEFAULT policy)."""
+        """pci_configure_device() (probe.c): MPS, extended tags, SERR forwarding, RCB (PCIE_BUS_DEFAULT policy)."""
         if dev.is_pcie and not dev.is_virtfn:
             self._configure_mps(dev)
             if dev.devcap & EXP_DEVCAP_EXT_TAG:
@@ -558,7 +558,7 @@ class Scanner:
         return True
 
     def _configure_mps(self, dev: PciDev) -> None:
-        """pci_configure_mps() with the default pcie_bus_config (PCIE_BUS_DEFAULT)."""
+        """pci_configure_mps() (probe.c) with the default pcie_bus_config (PCIE_BUS_DEFAULT)."""
         if dev.pcie_type == TYPE_RC_END:
             self._set_mps(dev, 128 << dev.pcie_mpss)
             return
@@ -575,7 +575,7 @@ class Scanner:
         self._set_mps(dev, p_mps)
 
     def _init_capabilities(self, dev: PciDev) -> None:
-        """pci_init_capabilities(): the parts that change config space."""
+        """pci_init_capabilities() (probe.c): the parts that change config space."""
         pos = dev.caps.get(CAP_ID_MSI, 0)               # pci_msi_init(): MSI off
         if pos:
             ctrl = dev.read(pos + 2, 2)
@@ -595,7 +595,7 @@ class Scanner:
         self._aer_init(dev)
 
     def _pm_init(self, dev: PciDev) -> None:
-        """pci_pm_init(): PME generation off (and PME status cleared), then power up to D0."""
+        """pci_pm_init() (drivers/pci/pci.c): PME generation off (PME status cleared), then power up to D0."""
         pm = dev.caps.get(CAP_ID_PM, 0)
         if not pm:
             return
@@ -610,7 +610,7 @@ class Scanner:
             dev.write(pm + PM_CTRL, 2, pmcsr & ~(PM_CTRL_STATE_MASK | PM_CTRL_PME_STATUS))
 
     def _configure_ari(self, dev: PciDev) -> None:
-        """pci_configure_ari(): function 0 decides ARI Forwarding in the port above."""
+        """pci_configure_ari() (drivers/pci/pci.c): function 0 decides ARI Forwarding in the port above."""
         if not dev.is_pcie or dev.devfn:
             return
         br = dev.bus.self_dev
@@ -626,7 +626,7 @@ class Scanner:
             br.ari_enabled = False
 
     def _aer_init(self, dev: PciDev) -> None:
-        """pci_aer_init() with native AER: clear error status, enable error reporting in Device Control."""
+        """pci_aer_init() (drivers/pci/pcie/aer.c), native AER: clear error status, enable error reporting."""
         aer = dev.ext_caps.get(EXT_CAP_ID_ERR, 0)
         if not aer:
             return
@@ -656,7 +656,7 @@ class Scanner:
         return (dev.devfn + dev.sriov.offset + dev.sriov.stride * vf_id) & 0xFF
 
     def _sriov_init(self, dev: PciDev, pos: int) -> None:
-        """sriov_init(): ARI Capable Hierarchy, page size, VF BAR sizes, bus numbers VFs may need."""
+        """sriov_init() (drivers/pci/iov.c): ARI Capable Hierarchy, page size, VF BAR sizes, VF bus numbers."""
         ctrl = dev.read(pos + SRIOV_CTRL, 2)
         if ctrl & SRIOV_CTRL_VFE:
             dev.write(pos + SRIOV_CTRL, 2, 0)
@@ -710,19 +710,19 @@ class Scanner:
 
     @staticmethod
     def iov_bus_range(bus: PciBus) -> int:
-        """pci_iov_bus_range(): extra bus numbers the PFs on this bus may need for VFs."""
+        """pci_iov_bus_range() (iov.c): extra bus numbers the PFs on this bus may need for VFs."""
         m = max((d.sriov.max_vf_buses for d in bus.devices if d.is_physfn and d.sriov), default=0)
         return m - bus.number if m else 0
 
     # ------------------------------------------------------------------ scanning
     def _device_add(self, dev: PciDev, bus: PciBus) -> None:
-        """pci_device_add()."""
+        """pci_device_add() (probe.c)."""
         self._configure_device(dev)
         self._init_capabilities(dev)
         bus.devices.append(dev)
 
     def _scan_slot(self, bus: PciBus, devfn: int) -> None:
-        """pci_scan_slot(): function 0, then the others (ARI chain or the multifunction bit)."""
+        """pci_scan_slot() (probe.c): function 0, then the others (ARI chain or the multifunction bit)."""
         br = bus.self_dev
         if devfn and br is not None and br.is_pcie and br.pcie_type in _DOWNSTREAM_PORTS:
             return                      # only_one_child(): a downstream port's link has device 0 only
@@ -752,7 +752,7 @@ class Scanner:
                 fn += 1
 
     def _add_new_bus(self, parent: PciBus, dev: PciDev | None, busnr: int) -> PciBus:
-        """pci_add_new_bus() / pci_alloc_child_bus()."""
+        """pci_add_new_bus() / pci_alloc_child_bus() (probe.c)."""
         child = PciBus(parent.seg, busnr, parent, dev)
         if dev is not None:
             ext_ok = not parent.no_extcfg and (dev.is_pcie and dev.pcie_type in (TYPE_ROOT_PORT, TYPE_UPSTREAM,
@@ -770,7 +770,7 @@ class Scanner:
         return child
 
     def _scan_bridge(self, bus: PciBus, dev: PciDev, max_: int, available: int, pass_: int) -> int:
-        """pci_scan_bridge_extend(): keep firmware bus numbers (pass 0) or assign the next ones (pass 1)."""
+        """pci_scan_bridge_extend() (probe.c): keep firmware bus numbers (pass 0) or assign new ones (pass 1)."""
         buses = dev.read(regs.PRIMARY_BUS, 4)
         primary, secondary, subordinate = buses & 0xFF, (buses >> 8) & 0xFF, (buses >> 16) & 0xFF
         if not primary and primary != bus.number and secondary and subordinate:
@@ -811,7 +811,7 @@ class Scanner:
         return max_
 
     def _scan_child_bus(self, bus: PciBus, available: int) -> int:
-        """pci_scan_child_bus_extend(): all slots, SR-IOV bus reservation, then bridges in two passes."""
+        """pci_scan_child_bus_extend() (probe.c): all slots, SR-IOV bus reservation, bridges in two passes."""
         start = bus.number
         for devnr in range(32):
             self._scan_slot(bus, devnr << 3)
@@ -856,7 +856,7 @@ class Scanner:
 
     # ------------------------------------------------------------------ later: VFs and drivers
     def add_virtfn(self, pf: PciDev, vf_id: int) -> PciDev | None:
-        """pci_iov_add_virtfn(): the VF's bus (maybe a new virtual one), setup from the PF's view, resources."""
+        """pci_iov_add_virtfn() (iov.c): the VF's bus (maybe a new virtual one), setup, resources."""
         iov = pf.sriov
         assert iov is not None
         busnr = self.virtfn_bus(pf, vf_id)
@@ -936,7 +936,7 @@ class Enumeration:
 
     @staticmethod
     def _iov_unassigned(bus: PciBus) -> bool:
-        """pci_realloc_detect(): any SR-IOV BAR still at bus address 0 turns realloc on."""
+        """pci_realloc_detect() (setup-bus.c): any SR-IOV BAR still at bus address 0 turns realloc on."""
         for dev in _walk(bus):
             for i in range(PCI_SRIOV_NUM_BARS):
                 r = dev.resources[PCI_IOV_RESOURCES + i]
@@ -945,7 +945,7 @@ class Enumeration:
         return False
 
     def _bus_add_devices(self, bus: PciBus) -> None:
-        """pci_bus_add_devices(): every device of the bus, then each child bus in device order."""
+        """pci_bus_add_devices() (drivers/pci/bus.c): every device of the bus, then each child bus."""
         for dev in bus.devices:
             self._add_device(dev)
         for dev in bus.devices:
@@ -973,7 +973,7 @@ class Enumeration:
         return True
 
     def _enable_bridge(self, dev: PciDev) -> None:
-        """pci_enable_bridge()."""
+        """pci_enable_bridge() (drivers/pci/pci.c)."""
         up = dev.upstream_bridge
         if up is not None:
             self._enable_bridge(up)
@@ -985,7 +985,7 @@ class Enumeration:
         self._set_master(dev)
 
     def _enable(self, dev: PciDev, flags: int) -> bool:
-        """pci_enable_device_flags() -> pci_enable_resources() on x86; False when a BAR is unassigned."""
+        """pci_enable_device_flags() (pci.c) -> pci_enable_resources() (setup-res.c); False if a BAR is unset."""
         dev.enable_cnt += 1
         if dev.enable_cnt > 1:
             return True
@@ -1013,7 +1013,7 @@ class Enumeration:
 
     @staticmethod
     def _set_master(dev: PciDev) -> None:
-        """pci_set_master() with the default pcibios_set_master() latency fix-up for conventional PCI."""
+        """pci_set_master() (pci.c) with the default pcibios_set_master() latency fix-up for conventional PCI."""
         old = dev.read(regs.COMMAND, 2)
         if not old & regs.COMMAND_MASTER:
             dev.write(regs.COMMAND, 2, old | regs.COMMAND_MASTER)
@@ -1026,7 +1026,7 @@ class Enumeration:
 
     # ------------------------------------------------------------------ SR-IOV (sriov_numvfs)
     def enable_sriov(self, dev: PciDev, nr: int) -> list[PciDev]:
-        """sriov_enable(): like writing ``nr`` to sriov_numvfs; returns the VFs added (in order)."""
+        """sriov_enable() (iov.c): like writing ``nr`` to sriov_numvfs; returns the VFs added (in order)."""
         with gc_paused():
             return self._enable_sriov(dev, nr)
 
@@ -1073,7 +1073,7 @@ class Enumeration:
         return added
 
     def disable_sriov(self, dev: PciDev) -> None:
-        """sriov_disable(): remove the VFs, clear VF Enable and NumVFs (writing 0 to sriov_numvfs)."""
+        """sriov_disable() (iov.c): remove the VFs, clear VF Enable and NumVFs (writing 0 to sriov_numvfs)."""
         iov = dev.sriov
         if iov is None or not iov.num_vfs:
             return

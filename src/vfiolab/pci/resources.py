@@ -257,7 +257,7 @@ def _calculate_head_align(aligns: list[int], max_order: int) -> int:
 
 
 def _size_io(bus: PciBus, add_size: int, realloc: ResList | None) -> None:
-    """pbus_size_io()."""
+    """pbus_size_io() (setup-bus.c)."""
     b_res = select_window_for_type(bus, IORESOURCE_IO)
     if b_res is None or b_res.assigned:
         return
@@ -293,7 +293,7 @@ def _size_io(bus: PciBus, add_size: int, realloc: ResList | None) -> None:
 
 
 def _size_mem(bus: PciBus, b_res: Resource | None, add_size: int, realloc: ResList | None) -> None:
-    """pbus_size_mem()."""
+    """pbus_size_mem() (setup-bus.c)."""
     if b_res is None or b_res.assigned:
         return
     aligns = [0] * 28
@@ -408,7 +408,7 @@ class Allocator:
 
     def find_space(self, root: Resource, new: Resource, dev: PciDev, size: int, lo: int, hi: int,
                    align: int) -> int | None:
-        """__find_resource_space(): the lowest suitable start in a gap of ``root``'s children."""
+        """__find_resource_space() (kernel/resource.c): the lowest suitable start in a gap of ``root``."""
         kids = root.children
         i = 0
         avail_start = root.start
@@ -457,7 +457,7 @@ class Allocator:
 
     def _alloc_from_region(self, bus: PciBus, dev: PciDev, res: Resource, size: int, align: int,
                            lo_min: int, type_mask: int, region: tuple[int, int]) -> bool:
-        """pci_bus_alloc_from_region()."""
+        """pci_bus_alloc_from_region() (drivers/pci/bus.c)."""
         type_mask |= IORESOURCE_TYPE_BITS
         for r in bus.resources:
             if r.flags & (IORESOURCE_UNSET | IORESOURCE_DISABLED) or not r.flags:
@@ -481,7 +481,7 @@ class Allocator:
 
     def bus_alloc(self, bus: PciBus, dev: PciDev, res: Resource, size: int, align: int, lo_min: int,
                   type_mask: int) -> bool:
-        """pci_bus_alloc_resource(): 64-bit resources try above 4 GiB first."""
+        """pci_bus_alloc_resource() (drivers/pci/bus.c): 64-bit resources try above 4 GiB first."""
         if res.flags & IORESOURCE_MEM_64:
             return (self._alloc_from_region(bus, dev, res, size, align, lo_min, type_mask, _PCI_HIGH)
                     or self._alloc_from_region(bus, dev, res, size, align, lo_min, type_mask, _PCI_64_BIT))
@@ -511,7 +511,7 @@ class Allocator:
             bus = bus.parent
 
     def assign_resource(self, dev: PciDev, idx: int) -> bool:
-        """pci_assign_resource(): allocate and program one resource."""
+        """pci_assign_resource() (setup-res.c): allocate and program one resource."""
         res = dev.resources[idx]
         if res.flags & IORESOURCE_PCI_FIXED:
             return True
@@ -562,7 +562,7 @@ class Allocator:
 
 # ---------------------------------------------------------------------------- programming the hardware
 def update_resource(dev: PciDev, idx: int) -> None:
-    """pci_update_resource(): write a BAR, the ROM BAR (only when enabled) or a VF BAR of the SR-IOV cap."""
+    """pci_update_resource() (setup-res.c): write a BAR, the ROM BAR (only when enabled) or a VF BAR."""
     res = dev.resources[idx]
     if is_iov(idx):
         _iov_update_resource(dev, idx)
@@ -653,7 +653,7 @@ def setup_one_window(br: PciDev, idx: int) -> None:
 
 
 def setup_bridge(bus: PciBus) -> None:
-    """pci_setup_bridge(): program the three windows, then Bridge Control as saved at scan time."""
+    """pci_setup_bridge() (setup-bus.c): program the three windows, then Bridge Control as saved at scan."""
     br = bus.self_dev
     assert br is not None
     _setup_bridge_io(br)
