@@ -1,0 +1,373 @@
+"""iopt_pages: the pinned-page store behind IOAS areas (``drivers/iommu/iommufd/pages.c``).
+
+One :class:`IoptPages` stands for a linear run of user memory (a VA range of a process, or a byte range
+of a memfd) in PAGE_SIZE indexes.  Pages are pinned lazily and exactly once: an index is pinned while an
+area holding it is loaded into at least one domain (``domains_itree``) or while an in-kernel access holds
+it (``access_itree``).  The model keeps one holder count per index (numpy), pins an index when its count
+leaves zero and unpins it when it returns to zero; the kernel's xarray/domain/user tiers only decide where
+the PFN is read from, and all three give the same frame.
+
+Accounting (``iopt_pages_update_pinned``): every change of ``npinned`` moves ``mm->pinned_vm`` of the
+source mm, and, by ``account_mode``, ``user->locked_vm`` against RLIMIT_MEMLOCK (USER) or ``mm->locked_vm``
+(MM, the VFIO way) or nothing (NONE: the mapping task had CAP_IPC_LOCK).  Pinning is all or nothing: a
+fault or an over-limit charge leaves the pages as they were.
+"""
+
+from __future__ import annotations
+
+import enum
+import errno
+from collections.abc import Iterator
+from typing import Final
+
+import numpy as np
+import numpy.typing as npt
+
+from vfiolab.errors import UapiError
+from vfiolab.iommufd.task import Task
+from vfiolab.memory import PAGE_SIZE, PROT_WRITE, MemFile, PhysMemory, UserProcess
+from vfiolab.memory.phys import FRAME_SHIFT
+
+I64 = npt.NDArray[np.int64]
+
+# io_pagetable.h
+IOPT_PAGES_ACCOUNT_NONE: Final = 0
+IOPT_PAGES_ACCOUNT_USER: Final = 1
+IOPT_PAGES_ACCOUNT_MM: Final = 2
+IOPT_PAGES_ACCOUNT_MODE_NUM: Final = 3
+
+# include/linux/iommufd.h
+IOMMUFD_ACCESS_RW_READ: Final = 0
+IOMMUFD_ACCESS_RW_WRITE: Final = 1 << 0
+IOMMUFD_ACCESS_RW_KTHREAD: Final = 1 << 1
+IOMMUFD_ACCESS_RW_SLOW_PATH: Final = 1 << 2
+
+SIZE_MAX: Final = (1 << 64) - 1
+
+
+class AddressType(enum.IntEnum):
+    """enum iopt_address_type."""
+
+    USER = 0
+    FILE = 1
+    DMABUF = 2
+
+
+def runs(frames: I64) -> Iterator[tuple[int, int]]:
+    """(first position, count) of each physically contiguous run in ``frames`` (batch entries)."""
+    n = len(frames)
+    if not n:
+        return
+    cut = np.flatnonzero(np.diff(frames) != 1) + 1
+    starts = np.concatenate(([0], cut))
+    ends = np.concatenate((cut, [n]))
+    for s, e in zip(starts.tolist(), ends.tolist()):
+        yield s, e - s
+
+
+def _index_runs(mask: npt.NDArray[np.bool_]) -> Iterator[tuple[int, int]]:
+    """(first, count) of each run of True in ``mask``."""
+    if not mask.any():
+        return
+    m = np.concatenate(([False], mask, [False])).astype(np.int8)
+    d = np.diff(m)
+    for s, e in zip(np.flatnonzero(d == 1).tolist(), np.flatnonzero(d == -1).tolist()):
+        yield s, e - s
+
+
+def _needs_unshare(process: UserProcess, va: int, length: int) -> bool:
+    """mm/gup.c gup_must_unshare(): a FOLL_LONGTERM read-only pin of a file page in a private (COW)
+    mapping takes a private copy, so later writes through the mapping keep the pinned PFN.  The memory
+    model breaks COW only for write faults, so the adapter asks for a write fault when every VMA of the
+    range is writable (a read-only private mapping keeps the file page: a documented gap)."""
+    vmas = [v for v in process.vmas if v.start < va + length and va < v.end]
+    cow = [v for v in vmas if v.file is not None and not v.shared_file]
+    return bool(cow) and all(v.prot & PROT_WRITE for v in vmas)
+
+
+def pin_user(process: UserProcess, va: int, length: int, write: bool) -> I64:
+    """pin_user_pages(FOLL_LONGTERM | (FOLL_WRITE if write)): the frames of [va, va+length)."""
+    if not write and _needs_unshare(process, va, length):
+        write = True
+    return process.pin_pages(va, length, write=write)
+
+
+def pin_frames(mem: PhysMemory, frames: I64) -> None:
+    """try_grab_folio(FOLL_PIN) on frames already found (memfd folios, domain PFNs)."""
+    mem.get_frames(frames)
+    np.add.at(mem.pincount, frames, 1)
+
+
+def unpin_frames(mem: PhysMemory, frames: I64) -> None:
+    """unpin_user_pages() for pins taken with :func:`pin_frames`."""
+    np.subtract.at(mem.pincount, frames, 1)
+    mem.put_frames(frames)
+
+
+def copy_frames(mem: PhysMemory, frames: I64, offset: int, length: int, data: bytearray | None,
+                write: bool) -> bytes:
+    """kmap + memcpy over ``frames`` starting ``offset`` bytes into the first one (batch_rw):
+    write ``data`` into RAM, or return what RAM holds."""
+    out = bytearray()
+    pos = 0
+    for s, n in runs(frames):
+        lo = offset if s == 0 else 0
+        span = min(n * PAGE_SIZE - lo, length - pos)
+        if span <= 0:
+            break
+        pa = (int(frames[s]) << FRAME_SHIFT) + lo
+        if write:
+            assert data is not None
+            mem.write(pa, data[pos:pos + span])
+        else:
+            out += mem.read(pa, span)
+        pos += span
+        offset = 0
+    return bytes(out)
+
+
+class IoptPages:
+    """struct iopt_pages: the PFN provider shared by every area (in any IOAS) that maps it."""
+
+    def __init__(self, task: Task, kind: AddressType, start_byte: int, length: int, writable: bool, *,
+                 uptr: int = 0, file: MemFile | None = None, start: int = 0) -> None:
+        # pages.c iopt_alloc_pages()
+        if length > SIZE_MAX - PAGE_SIZE or length == 0:
+            raise UapiError(errno.EINVAL, f"bad length {length:#x}")
+        self.kind = kind
+        self.source = task
+        """source_mm / source_task: whose memory and whose rlimit."""
+        self.source_user = task.user
+        self.npages = -(-(length + start_byte) // PAGE_SIZE)
+        self.writable = writable
+        self.account_mode = IOPT_PAGES_ACCOUNT_NONE if task.cap_ipc_lock else IOPT_PAGES_ACCOUNT_USER
+        self.uptr = uptr
+        """IOPT_ADDRESS_USER: page-aligned start VA."""
+        self.file = file
+        self.start = start
+        """IOPT_ADDRESS_FILE: page-aligned start offset in the file."""
+        self.refs = 1
+        self.frames: I64 = np.full(self.npages, -1, dtype=np.int64)
+        self.holders = np.zeros(self.npages, dtype=np.int32)
+        self.npinned = 0
+        self.last_npinned = 0
+        self.accesses: dict[tuple[int, int], int] = {}
+        """access_itree: (start_index, last_index) -> users."""
+
+    @property
+    def mem(self) -> PhysMemory:
+        return self.source.process.mem
+
+    def get(self) -> IoptPages:
+        """kref_get()."""
+        self.refs += 1
+        return self
+
+    def put(self) -> None:
+        """iopt_put_pages(): the last reference must find nothing pinned (iopt_release_pages)."""
+        self.refs -= 1
+        if self.refs == 0 and self.npinned:
+            raise UapiError(errno.EBUSY, "iopt_pages released with pinned pages")  # a model bug
+
+    # ------------------------------------------------------------------ pinning
+    def _pin_range(self, first: int, n: int) -> I64:
+        if self.kind == AddressType.FILE:
+            return self._pin_file(first, n)
+        task = self.source
+        if not task.alive:  # pfn_reader_user_pin(): mmget_not_zero() failed
+            raise UapiError(errno.EFAULT, "the process that mapped these pages has exited")
+        return pin_user(task.process, self.uptr + first * PAGE_SIZE, n * PAGE_SIZE, self.writable)
+
+    def _pin_file(self, first: int, n: int) -> I64:
+        # mm/gup.c memfd_pin_folios(): EINVAL past i_size; page-cache holes are allocated
+        assert self.file is not None
+        start = self.start + first * PAGE_SIZE
+        end = start + n * PAGE_SIZE - 1
+        if end >= self.file.size:
+            raise UapiError(errno.EINVAL, f"memfd pin of [{start:#x}, {end:#x}] past its size {self.file.size:#x}")
+        frames = self.file.touch(start // PAGE_SIZE, n).copy()
+        pin_frames(self.mem, frames)
+        return frames
+
+    def _unpin_range(self, first: int, n: int) -> None:
+        frames = self.frames[first:first + n].copy()
+        if self.kind == AddressType.FILE:
+            unpin_frames(self.mem, frames)
+        else:
+            self.source.process.unpin_pages(frames)
+        self.frames[first:first + n] = -1
+
+    def hold(self, first: int, last: int) -> I64:
+        """Take a holder on indexes [first, last]: pin those not yet pinned and charge them; returns
+        the frames.  All or nothing (pfn_reader + pfn_reader_update_pinned)."""
+        sl = slice(first, last + 1)
+        need = self.holders[sl] == 0
+        done: list[tuple[int, int]] = []
+        try:
+            for s, n in _index_runs(need):
+                self.frames[first + s:first + s + n] = self._pin_range(first + s, n)
+                done.append((first + s, n))
+        except UapiError:
+            for s, n in done:
+                self._unpin_range(s, n)
+            raise
+        newly = sum(n for _, n in done)
+        self.npinned += newly
+        try:
+            self.update_pinned_delta()
+        except UapiError:
+            for s, n in done:
+                self._unpin_range(s, n)
+            self.npinned -= newly
+            raise
+        self.holders[sl] += 1
+        return self.frames[sl].copy()
+
+    def release(self, first: int, last: int) -> None:
+        """Drop a holder on [first, last]: unpin what no one holds any more and uncharge it."""
+        sl = slice(first, last + 1)
+        self.holders[sl] -= 1
+        gone = self.holders[sl] == 0
+        n_gone = 0
+        for s, n in _index_runs(gone):
+            self._unpin_range(first + s, n)
+            n_gone += n
+        self.npinned -= n_gone
+        self.update_unpinned()
+
+    def pinned_frames(self, first: int, last: int) -> I64:
+        """Frames of held indexes (from the xarray or a domain in the kernel)."""
+        f = self.frames[first:last + 1]
+        if len(f) and int(f.min()) < 0:
+            raise UapiError(errno.EINVAL, "pages not pinned")  # a model bug
+        return f.copy()
+
+    # ------------------------------------------------------------------ accounting
+    def update_pinned(self, npages: int, inc: bool) -> None:
+        """iopt_pages_update_pinned(): charge or uncharge ``npages`` by account_mode, then pinned_vm."""
+        task = self.source
+        if self.account_mode == IOPT_PAGES_ACCOUNT_USER:
+            user = self.source_user
+            if inc:
+                if user.locked_vm + npages > task.memlock_pages():  # incr_user_locked_vm()
+                    raise UapiError(errno.ENOMEM, f"user {user.uid} locked_vm over RLIMIT_MEMLOCK")
+                user.locked_vm += npages
+            else:
+                user.locked_vm = max(0, user.locked_vm - npages)
+        elif self.account_mode == IOPT_PAGES_ACCOUNT_MM:
+            task.account_locked_vm(npages, inc)  # update_mm_locked_vm()
+        self.last_npinned = self.npinned
+        task.pinned_vm += npages if inc else -npages
+
+    def update_pinned_delta(self) -> None:
+        """pfn_reader_user_update_pinned(): settle npinned against last_npinned."""
+        if self.npinned > self.last_npinned:
+            self.update_pinned(self.npinned - self.last_npinned, True)
+        elif self.npinned < self.last_npinned:
+            self.update_pinned(self.last_npinned - self.npinned, False)
+
+    def update_unpinned(self) -> None:
+        """update_unpinned()."""
+        if self.npinned < self.last_npinned:
+            self.update_pinned(self.last_npinned - self.npinned, False)
+
+    # ------------------------------------------------------------------ in-kernel access (access_itree)
+    def add_access(self, first: int, last: int, write: bool) -> I64:
+        """iopt_area_add_access(): an exact (first, last) node gains a user, or a new node pins."""
+        if write and not self.writable:
+            raise UapiError(errno.EPERM, "write access to pages mapped read-only")
+        if self.kind == AddressType.DMABUF:
+            raise UapiError(errno.EINVAL, "no page access to a dma-buf")
+        key = (first, last)
+        if key in self.accesses:
+            self.accesses[key] += 1
+            return self.pinned_frames(first, last)
+        frames = self.hold(first, last)
+        self.accesses[key] = 1
+        return frames
+
+    def remove_access(self, first: int, last: int) -> None:
+        """iopt_area_remove_access(): the node loses a user; the last one unpins."""
+        key = (first, last)
+        users = self.accesses.get(key)
+        if not users:
+            raise UapiError(errno.ENOENT, f"no access on indexes [{first}, {last}]")  # WARN_ON in the kernel
+        if users > 1:
+            self.accesses[key] = users - 1
+            return
+        del self.accesses[key]
+        self.release(first, last)
+
+    # ------------------------------------------------------------------ CPU copies (iopt_pages_rw_access)
+    def rw(self, current: Task, start_byte: int, length: int, flags: int, data: bytearray | None = None) -> bytes:
+        """iopt_pages_rw_access(): copy ``data`` in (IOMMUFD_ACCESS_RW_WRITE) or return ``length``
+        bytes, through the source mm when that is the caller's, else page by page."""
+        write = bool(flags & IOMMUFD_ACCESS_RW_WRITE)
+        first = start_byte // PAGE_SIZE
+        last = (start_byte + length - 1) // PAGE_SIZE
+        change_mm = current is not self.source or bool(flags & IOMMUFD_ACCESS_RW_SLOW_PATH)
+        if write and not self.writable:
+            raise UapiError(errno.EPERM, "write access to pages mapped read-only")
+        if self.kind == AddressType.DMABUF:
+            raise UapiError(errno.EINVAL, "no CPU access to a dma-buf")
+        if self.kind != AddressType.USER:
+            return self._rw_slow(first, last, start_byte % PAGE_SIZE, length, data, write)
+        if not flags & IOMMUFD_ACCESS_RW_KTHREAD and change_mm:
+            if first == last:
+                return self._rw_page(first, start_byte % PAGE_SIZE, length, data, write)
+            return self._rw_slow(first, last, start_byte % PAGE_SIZE, length, data, write)
+        if change_mm and not self.source.alive:
+            return self._rw_slow(first, last, start_byte % PAGE_SIZE, length, data, write)
+        va = self.uptr + start_byte
+        if write:
+            assert data is not None
+            self.source.process.write(va, bytes(data[:length]))
+            return b""
+        return self.source.process.read(va, length)
+
+    def _rw_page(self, index: int, offset: int, length: int, data: bytearray | None, write: bool) -> bytes:
+        # iopt_pages_rw_page(): pin_user_pages_remote() of one page, copy, unpin
+        if not self.source.alive:
+            return self._rw_slow(index, index, offset, length, data, write)
+        proc = self.source.process
+        frames = proc.pin_pages(self.uptr + index * PAGE_SIZE, PAGE_SIZE, write=write)
+        try:
+            return copy_frames(self.mem, frames, offset, length, data, write)
+        finally:
+            proc.unpin_pages(frames)
+
+    def _rw_slow(self, first: int, last: int, offset: int, length: int, data: bytearray | None,
+                 write: bool) -> bytes:
+        # iopt_pages_rw_slow(): a pfn_reader; holes are pinned for the copy and unpinned after it
+        need = self.holders[first:last + 1] == 0
+        temp: list[tuple[int, int]] = []
+        try:
+            for s, n in _index_runs(need):
+                self.frames[first + s:first + s + n] = self._pin_range(first + s, n)
+                temp.append((first + s, n))
+            frames = self.frames[first:last + 1].copy()
+            return copy_frames(self.mem, frames, offset, length, data, write)
+        finally:
+            for s, n in temp:
+                self._unpin_range(s, n)
+
+    def change_source(self, task: Task) -> None:
+        """change_mm(): the pages now belong to ``task`` (IOMMU_IOAS_CHANGE_PROCESS)."""
+        self.source = task
+        self.source_user = task.user
+
+
+def alloc_user_pages(task: Task, uptr: int, length: int, writable: bool) -> tuple[IoptPages, int]:
+    """iopt_alloc_user_pages(): pages for [uptr, uptr+length) and the start byte inside them."""
+    if uptr + length > SIZE_MAX:
+        raise UapiError(errno.EOVERFLOW, f"user_va {uptr:#x} + length {length:#x} overflows")
+    down = uptr & ~(PAGE_SIZE - 1)
+    pages = IoptPages(task, AddressType.USER, uptr - down, length, writable, uptr=down)
+    return pages, uptr - down
+
+
+def alloc_file_pages(task: Task, file: MemFile, start: int, length: int, writable: bool) -> tuple[IoptPages, int]:
+    """iopt_alloc_file_pages(): pages for file bytes [start, start+length)."""
+    start_byte = start % PAGE_SIZE
+    pages = IoptPages(task, AddressType.FILE, start_byte, length, writable, file=file, start=start - start_byte)
+    return pages, start_byte
