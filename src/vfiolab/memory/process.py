@@ -223,10 +223,11 @@ class UserProcess:
         i = 0
         while i < len(self.vmas):
             vma = self.vmas[i]
-            if vma.start < start < vma.end:
+            if vma.start < start < vma.end:  # keep the head, look at the tail next
                 self.vmas.insert(i + 1, vma.split(start))
-            elif vma.start < end < vma.end:
+            elif vma.start < end < vma.end:  # cut the tail off and look at this one again
                 self.vmas.insert(i + 1, vma.split(end))
+                continue
             elif start <= vma.start and vma.end <= end:
                 out.append(vma)
             i += 1
