@@ -22,6 +22,8 @@ RESET_FUNDAMENTAL: Final = "fundamental"
 WriteHook = Callable[[int, int, int, int], None]
 """hook(offset, size, old_dword, new_dword): called after a software write lands in a hooked dword."""
 
+_SIZE_MASK: Final = {1: 0xFF, 2: 0xFFFF, 4: 0xFFFFFFFF}
+
 ReadHook = Callable[[int], int]
 """hook(dword_offset) -> current dword value: for registers whose value is computed on read."""
 
@@ -33,8 +35,25 @@ class ConfigAccessError(ValueError):
 class ConfigSpace:
     """4 KiB (or 256-byte conventional) configuration space with per-bit write attributes."""
 
-    __slots__ = ("size", "data", "rw", "w1c", "w1s", "hwinit", "sticky", "_hwinit_armed",
-                 "_defaults", "_write_hooks", "_read_hooks")
+    __slots__ = (
+        "_armed32",
+        "_defaults",
+        "_hwinit32",
+        "_read_hooks",
+        "_rw32",
+        "_special",
+        "_special_reset",
+        "_w1c32",
+        "_w1s32",
+        "_write_hooks",
+        "data",
+        "hwinit",
+        "rw",
+        "size",
+        "sticky",
+        "w1c",
+        "w1s",
+    )
 
     def __init__(self, size: int = CFG_SIZE) -> None:
         if size not in (LEGACY_SIZE, CFG_SIZE):
@@ -46,7 +65,16 @@ class ConfigSpace:
         self.w1s = bytearray(size)
         self.hwinit = bytearray(size)
         self.sticky = bytearray(size)
-        self._hwinit_armed = bytearray(size)
+        # The write path works on dword-wide attribute words (one lookup per access instead of
+        # five byte-slice conversions); _special flags dwords with any RW1C/RW1S/armed-HwInit bit.
+        n = size >> 2
+        self._rw32 = [0] * n
+        self._w1c32 = [0] * n
+        self._w1s32 = [0] * n
+        self._armed32 = [0] * n
+        self._special = bytearray(n)
+        self._hwinit32 = [0] * n            # what a fundamental reset re-arms
+        self._special_reset = bytearray(n)  # _special right after a fundamental reset
         self._defaults: bytes | None = None
         self._write_hooks: dict[int, list[WriteHook]] = {}
         self._read_hooks: dict[int, ReadHook] = {}
@@ -66,7 +94,22 @@ class ConfigSpace:
         for mask, arr in ((rw, self.rw), (w1c, self.w1c), (w1s, self.w1s), (hwinit, self.hwinit),
                           (sticky, self.sticky)):
             arr[off:off + size] = mask.to_bytes(size, "little")
-        self._hwinit_armed[off:off + size] = hwinit.to_bytes(size, "little")
+        for dwi in range(off >> 2, (off + size + 3) >> 2):
+            base = dwi << 2
+            self._rw32[dwi] = int.from_bytes(self.rw[base:base + 4], "little")
+            self._w1c32[dwi] = int.from_bytes(self.w1c[base:base + 4], "little")
+            self._w1s32[dwi] = int.from_bytes(self.w1s[base:base + 4], "little")
+            # Re-arm HwInit only for the bytes being declared, not their dword neighbours.
+            lo, hi = max(off, base) - base, min(off + size, base + 4) - base
+            region = ((1 << (8 * (hi - lo))) - 1) << (8 * lo)
+            hw = int.from_bytes(self.hwinit[base:base + 4], "little")
+            self._hwinit32[dwi] = hw
+            self._armed32[dwi] = (self._armed32[dwi] & ~region) | (hw & region)
+            self._update_special(dwi)
+            self._special_reset[dwi] = 1 if (self._w1c32[dwi] | self._w1s32[dwi] | hw) else 0
+
+    def _update_special(self, dwi: int) -> None:
+        self._special[dwi] = 1 if (self._w1c32[dwi] | self._w1s32[dwi] | self._armed32[dwi]) else 0
 
     def init_reg(self, off: int, size: int, value: int, *, rw: int = 0, w1c: int = 0, w1s: int = 0,
                  hwinit: int = 0, sticky: int = 0) -> None:
@@ -93,7 +136,8 @@ class ConfigSpace:
             return
         if kind == RESET_FUNDAMENTAL:
             self.data[:] = self._defaults
-            self._hwinit_armed[:] = self.hwinit
+            self._armed32[:] = self._hwinit32
+            self._special[:] = self._special_reset
             return
         # Keep sticky bits, restore everything else.  Done on the whole space at once as ints.
         n = self.size
@@ -127,33 +171,47 @@ class ConfigSpace:
         if size not in (1, 2, 4) or off & (size - 1) or off < 0 or off + size > self.size:
             self._check(off, size)
         end = off + size
-        value &= (1 << (8 * size)) - 1
+        dwi = off >> 2
+        sh = (off & 3) << 3
+        m = _SIZE_MASK[size]
+        value &= m
         old = int.from_bytes(self.data[off:end], "little")
-        rw = int.from_bytes(self.rw[off:end], "little")
-        w1c = int.from_bytes(self.w1c[off:end], "little")
-        w1s = int.from_bytes(self.w1s[off:end], "little")
-        armed = int.from_bytes(self._hwinit_armed[off:end], "little")
+        rw = (self._rw32[dwi] >> sh) & m
         new = (old & ~rw) | (value & rw)
-        if w1c:
-            new &= ~(value & w1c)
-        if w1s:
-            new |= value & w1s
-        if armed:
-            # HwInit: firmware may write the field once after reset; later writes are ignored.
-            new = (new & ~armed) | (value & armed)
-            self._hwinit_armed[off:end] = bytes(size)
+        if self._special[dwi]:
+            new &= ~(value & (self._w1c32[dwi] >> sh))
+            new |= value & (self._w1s32[dwi] >> sh) & m
+            armed = (self._armed32[dwi] >> sh) & m
+            if armed:
+                # HwInit: firmware may write the field once after reset; later writes are ignored.
+                new = (new & ~armed) | (value & armed)
+                self._armed32[dwi] &= ~(m << sh)
+                self._update_special(dwi)
         if new != old:
             self.data[off:end] = new.to_bytes(size, "little")
         if self._write_hooks:
-            dwi = off >> 2
             hooks = self._write_hooks.get(dwi)
             if hooks:
                 base = dwi << 2
-                old_dw = (int.from_bytes(self.data[base:base + 4], "little") & ~(
-                    ((1 << (8 * size)) - 1) << (8 * (off - base)))) | (old << (8 * (off - base)))
                 new_dw = int.from_bytes(self.data[base:base + 4], "little")
+                old_dw = (new_dw & ~(m << sh)) | (old << sh)
                 for hook in hooks:
                     hook(off, size, old_dw, new_dw)
+
+    def clone(self) -> ConfigSpace:
+        """A copy at the current state for an identical function (e.g. another VF of the same PF).
+
+        The write-attribute arrays are shared (nothing changes them after build); register bytes and
+        the HwInit state are copied; hooks are not (the clone's capabilities install their own).
+        """
+        cs = ConfigSpace.__new__(ConfigSpace)
+        for slot in ConfigSpace.__slots__:
+            setattr(cs, slot, getattr(self, slot))
+        cs.data = bytearray(self.data)
+        cs._armed32 = list(self._armed32)
+        cs._special = bytearray(self._special)
+        cs._write_hooks, cs._read_hooks = {}, {}
+        return cs
 
     def dump(self, length: int | None = None) -> bytes:
         """The bytes software would read, dword by dword (read hooks applied)."""

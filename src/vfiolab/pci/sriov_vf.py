@@ -19,7 +19,6 @@ from vfiolab.errors import VfiolabError
 from vfiolab.pci import regs
 from vfiolab.pci.caps.base import Capability, CapabilityList
 from vfiolab.pci.caps.sriov import SriovCap
-from vfiolab.pci.config import ConfigSpace
 from vfiolab.pci.function import PciFunction, with_express
 
 CapFactory = Callable[[], Sequence[Capability]]
@@ -74,9 +73,8 @@ class VirtualFunction(PciFunction):
     def clone(self, index: int, rid: int) -> VirtualFunction:
         """Another VF of the same PF, as this one was at reset (it must not have been used yet).
 
-        The write-attribute arrays are shared with this template: nothing changes them after build,
-        so only the register bytes and the HwInit state are copied; capabilities are copied and
-        re-attached to the new config space so their hooks act on it.
+        The config space is cloned (ConfigSpace.clone shares the write attributes); capabilities are
+        copied and re-attached to the new config space so their hooks act on it.
         """
         new = object.__new__(VirtualFunction)
         new.__dict__.update(self.__dict__)
@@ -84,12 +82,7 @@ class VirtualFunction(PciFunction):
         new.name = f"{self.pf.name or 'PF'} VF{index}"
         new.bus, new.devfn = None, -1
         new._reset_listeners = []
-        src, cs = self.cs, ConfigSpace.__new__(ConfigSpace)
-        for slot in ConfigSpace.__slots__:
-            setattr(cs, slot, getattr(src, slot))
-        cs.data = bytearray(src.data)
-        cs._hwinit_armed = bytearray(src._hwinit_armed)
-        cs._write_hooks, cs._read_hooks = {}, {}
+        cs = self.cs.clone()
         new.cs = cs
         caps = CapabilityList(cs)
         caps._std_next, caps._ext_next = self.caps._std_next, self.caps._ext_next
