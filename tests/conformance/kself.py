@@ -49,7 +49,9 @@ class Env:
         self.proc = UserProcess(mem, name="selftest")
         self.task = Task.of(self.proc)
         self.fd = Iommufd(self.proc, selftest=self.mock)
-        self.buffer = self.proc.mmap(BUFFER_SIZE, PROT_RW, MAP_SHARED | MAP_ANONYMOUS | MAP_FIXED, addr=BUFFER_VA)
+        # MAP_SHARED|MAP_ANONYMOUS memory is shmem: model it as a shmem file so a fork() shares it
+        self.shm = MemFile(mem, BUFFER_SIZE, name="dev/zero (deleted)")
+        self.buffer = self.proc.mmap(BUFFER_SIZE, PROT_RW, MAP_SHARED | MAP_FIXED, addr=BUFFER_VA, file=self.shm)
         self.mfile = MemFile(mem, BUFFER_SIZE, name="buffer")
         self.mfd = self.task.fd_install(self.mfile)
         self.mfd_buffer = self.proc.mmap(BUFFER_SIZE, PROT_RW, MAP_SHARED, file=self.mfile)
@@ -58,6 +60,7 @@ class Env:
         self.hwpt_id = 0
         self.device_id = 0
         self.base_iova = 0
+        self.children: list[Task] = []
 
     @property
     def test(self):  # type: ignore[no-untyped-def]
@@ -110,6 +113,16 @@ class Env:
         assert out.stdev_id and out.idev_id
         return out
 
+    def fork(self) -> Task:
+        """fork(): a child whose shared mappings (``buffer``, ``mfd_buffer``) are the parent's; the
+        tests only use those from the child."""
+        child = UserProcess(self.mem, name="selftest-child")
+        child.mmap(BUFFER_SIZE, PROT_RW, MAP_SHARED | MAP_FIXED, addr=self.buffer, file=self.shm)
+        child.mmap(BUFFER_SIZE, PROT_RW, MAP_SHARED | MAP_FIXED, addr=self.mfd_buffer, file=self.mfile)
+        task = Task.of(child)
+        self.children.append(task)
+        return task
+
     # ------------------------------------------------------------------ teardown_iommufd()
     def teardown(self) -> None:
         """Close the fd, reopen, and check no page of ``buffer`` is still pinned."""
@@ -124,14 +137,31 @@ class Env:
 
     def release(self) -> None:
         """Give the process' memory back (not part of the kernel test)."""
-        for f in list(self.task.fds):
+        for f in list(self.task.fds):  # exit(): every open file is released
             obj = self.task.fds.pop(f)
-            close = getattr(obj, "close", None)
-            if isinstance(obj, MemFile) and close is not None:
-                close()
+            if isinstance(obj, MemFile):
+                obj.close()
+            elif hasattr(obj, "release"):
+                obj.release()
+        for child in self.children:
+            if child.alive:
+                child.exit()
         self.proc.close()
+        self.shm.close()
 
 
 __all__ = ["BUFFER_SIZE", "Env", "FIXED_RW", "HUGEPAGE_SIZE", "MAP_ANONYMOUS", "MAP_FIXED", "MAP_HUGETLB",
            "MAP_PRIVATE", "MAP_RW", "MAP_SHARED", "MOCK_APERTURE_LAST", "MOCK_APERTURE_START", "MOCK_PAGE_SIZE",
            "PAGE_SIZE", "PROT_RW", "U64_MAX", "expect_errno"]
+
+
+def kselftest(fixture: str, variants: list[str] | tuple[str, ...] | None = None):  # type: ignore[no-untyped-def]
+    """Parametrize a test over ``variants`` with pytest ids that are the harness' run names
+    (``fixture.variant.test``; ``fixture.test`` without variants)."""
+    from catalogue import run_name
+
+    def deco(fn):  # type: ignore[no-untyped-def]
+        test = fn.__name__.removeprefix("test_")
+        vs = list(variants) if variants else [None]
+        return pytest.mark.parametrize("variant", vs, ids=[run_name(fixture, v, test) for v in vs])(fn)
+    return deco

@@ -479,8 +479,7 @@ def _pasid_check_hwpt(ictx: Iommufd, stdev_id: int, pasid: int, hwpt_id: int) ->
         raise UapiError(errno.EINVAL, f"PASID {pasid} is not attached to HWPT {hwpt_id}")
 
 
-def _member_name(op: int) -> str | None:
-    return {
+_MEMBER_NAMES: Final[dict[int, str]] = {
         uapi.IOMMU_TEST_OP_ADD_RESERVED: "add_reserved", uapi.IOMMU_TEST_OP_MOCK_DOMAIN: "mock_domain",
         uapi.IOMMU_TEST_OP_MOCK_DOMAIN_FLAGS: "mock_domain_flags",
         uapi.IOMMU_TEST_OP_MOCK_DOMAIN_REPLACE: "mock_domain_replace",
@@ -496,7 +495,12 @@ def _member_name(op: int) -> str | None:
         uapi.IOMMU_TEST_OP_PASID_REPLACE: "pasid_replace", uapi.IOMMU_TEST_OP_PASID_DETACH: "pasid_detach",
         uapi.IOMMU_TEST_OP_PASID_CHECK_HWPT: "pasid_check", uapi.IOMMU_TEST_OP_DMABUF_GET: "dmabuf_get",
         uapi.IOMMU_TEST_OP_DMABUF_REVOKE: "dmabuf_revoke",
-    }.get(op)
+}
+"""IOMMU_TEST_OP_* -> the union member of struct iommu_test_cmd it uses."""
+
+
+def _member_name(op: int) -> str | None:
+    return _MEMBER_NAMES.get(op)
 
 
 def test_cmd(ucmd: Ucmd) -> int:
