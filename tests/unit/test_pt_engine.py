@@ -343,6 +343,10 @@ def test_unmap_frees_only_covered_tables(mem: PhysMemory) -> None:
     pt.map(0, 0, 1 << 30, RW)
     assert pt.unmap(0, 1 << 30) == 1 << 30
     assert pt.table_frames == 2  # top + level 2
+    pt.map(0, 0x1000, 1 << 30, RW)  # 4K pages: a level-1 table and 512 level-0 tables
+    assert pt.table_frames == 2 + 1 + 512
+    assert pt.unmap(0, 1 << 30) == 1 << 30  # covers the level-2 item whole: all of them go
+    assert pt.table_frames == 2
     pt.destroy()
 
 

@@ -19,7 +19,6 @@ import errno
 from typing import Any, ClassVar, Final
 
 import numpy as np
-import numpy.typing as npt
 
 from vfiolab.errors import UapiError
 from vfiolab.iommu.pagetable.common import (
@@ -179,9 +178,6 @@ class ArmLpae(Format):
     def maybe_dirty(self, block: U64) -> bool:
         return bool(int(np.bitwise_or.reduce(block, axis=None)) & DBM)
 
-    def clean_where(self, block: U64, mask: npt.NDArray[np.bool_]) -> None:
-        np.bitwise_or(block, np.uint64(AP_RDONLY), out=block, where=mask)
-
     def hw_step(self, e: int, level: int) -> tuple[int, bool, bool]:
         # Arm ARM D8.3: bit 0 valid; pages (3) only at level 3, blocks (1) only at levels 1-2 for 4 KiB
         t = e & TYPE_MASK
@@ -268,14 +264,14 @@ class ArmPageTable(PageTable):
             return 0
         last = min(iova + length, 1 << fmt.ias) - 1
         segs, _ = plan_leaves(self.pgsize_bitmap, iova, iova + length - 1, iova)
-        levels, rows = self._visit(iova, last)
+        levels, rows = self._visit(iova, last, floor=max(1, max(fmt.pgsz_to_level(s.lg2) for s in segs)))
         stop = last + 1
         for seg in segs:
             if seg.va >= stop:
                 break
             lvl = fmt.pgsz_to_level(seg.lg2)
             s_last = min(seg.end, stop) - 1
-            for up in range(lvl + 1, self.top_level + 1):  # every entry on the way must be a table
+            for up in range(lvl + 1, max(levels) + 1):  # every entry on the way must be a table
                 it = levels[up]
                 isz = fmt.item_lg2(up)
                 bad = ~it.table & (it.g >= seg.va >> isz) & (it.g <= s_last >> isz)

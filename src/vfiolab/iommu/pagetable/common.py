@@ -235,10 +235,6 @@ class Format:
         """Cheap check over many leaf entries: False means none of them is write dirty."""
         return bool(int(np.bitwise_or.reduce(block, axis=None)) & self.DIRTY_BIT)
 
-    def clean_where(self, block: U64, mask: npt.NDArray[np.bool_]) -> None:
-        """Make the entries of ``block`` selected by ``mask`` write clean, in place."""
-        np.bitwise_and(block, np.uint64(MASK64 ^ self.DIRTY_BIT), out=block, where=mask)
-
     # ------------------------------------------------------------------ hardware walk
     def hw_step(self, e: int, level: int) -> tuple[int, bool, bool]:
         """What the IOMMU makes of entry ``e`` at ``level``: (kind, readable, writable), kind one of

@@ -68,14 +68,15 @@ class Flush:
 
 
 class _Items(NamedTuple):
-    """Items at one level: global item indices (VA >> item size), entries, frame holding each, and
-    which are present and which are tables."""
+    """Items at one level: global item indices (VA >> item size), entries, frame holding each,
+    which are present, which are tables, and the table frames of those (in order)."""
 
     g: I64
     e: U64
     f: I64
     present: Bools
     table: Bools
+    children: I64
 
 
 class _Rows(NamedTuple):
@@ -361,13 +362,47 @@ class PageTable:
             return np.full(len(tables), self.top_frame, dtype=np.int64)
         return parent.child[np.searchsorted(parent.g, tables)]
 
+    def _root(self, v0: int, v1: int, floor: int, create: bool = False,
+              partial_only: bool = False) -> tuple[int, int, bool]:
+        """Descend with plain ints through the levels where [v0, v1] lies in one item that is a table
+        (allocating it with ``create`` when empty; with ``partial_only`` not into an item the range
+        covers whole), not below ``floor``: (level, table frame, whether that table was just
+        allocated).  The range walks then start there."""
+        fmt = self.fmt
+        level, frame, fresh = self.top_level, self.top_frame, False
+        u64 = self.mem.u64_flat
+        while level > floor and v0 >> fmt.item_lg2(level) == v1 >> fmt.item_lg2(level):
+            isz = fmt.item_lg2(level)
+            if partial_only and v0 & ((1 << isz) - 1) == 0 and (v1 + 1) & ((1 << isz) - 1) == 0:
+                break
+            index = self._top_index(v0) if level == self.top_level else (v0 >> isz) & (ITEMS - 1)
+            e = int(u64[frame * ITEMS + index])
+            if not fmt.present(e):
+                if not create:
+                    break
+                e = int(fmt.table(level, self.mem.alloc_frame() << FRAME_SHIFT))
+                u64[frame * ITEMS + index] = e
+                self.table_frames += 1
+                fresh = True
+            elif not fmt.is_table(e, level):
+                break
+            frame = int(fmt.table_pa(e)) >> FRAME_SHIFT
+            level -= 1
+        return level, frame, fresh
+
     def _resolve(self, segs: list[Segment]) -> dict[int, _Path]:
         """The tables along the paths of ``segs``, per level above their leaves, allocating the
         missing ones in bulk per level (not under items that hold a leaf)."""
         fmt = self.fmt
         out: dict[int, _Path] = {}
+        v0, v1 = segs[0].va, segs[-1].end - 1
+        top, frame, fresh = self._root(v0, v1, max(fmt.pgsz_to_level(s.lg2) for s in segs) + 1, True)
         parent: _Path | None = None
-        for level in range(self.top_level, 0, -1):
+        if top < self.top_level:  # the single item above the root, as if it had been resolved
+            parent = out[top + 1] = _Path(np.array([v0 >> fmt.item_lg2(top + 1)], dtype=np.int64),
+                                          np.array([frame], dtype=np.int64), np.zeros(1, dtype=bool),
+                                          np.array([fresh]))
+        for level in range(top, 0, -1):
             g = self._needed(segs, level)
             if not len(g):
                 break
@@ -443,7 +478,7 @@ class PageTable:
         if not it.present.any():
             return None
         p = it.present
-        return _Items(it.g[p], it.e[p], it.f[p], p[p], it.table[p])
+        return _Items(it.g[p], it.e[p], it.f[p], p[p], it.table[p], it.children)
 
     def _scan_map(self, segs: list[Segment], res: dict[int, _Path]) -> _Scan:
         """Phase one of a map, read-only: the first VA where a leaf would meet a mapping (a leaf
@@ -471,7 +506,7 @@ class PageTable:
             bad = ~items.table
             tab = items.table
             if tab.any():
-                bad[tab] = self._tables_in_the_way(level, self._children(items.e[tab]))
+                bad[tab] = self._tables_in_the_way(level, items.children)
             if bad.any():
                 h = int(items.g[np.argmax(bad)])
                 first_item = self._failed_from(seg, level, g0, h)
@@ -605,42 +640,32 @@ class PageTable:
     def _path_for_failed_size(self, v: int) -> int:
         """When no page size fits the rest of the range, the kernel's walk allocates tables down to
         level 0 and fails there (pt_iommu_new_table(): ENXIO), or meets a leaf (EADDRINUSE)."""
-        fmt = self.fmt
-        level, frame, index = self.top_level, self.top_frame, self._top_index(v)
-        u64 = self.mem.u64_flat
-        while True:
-            e = int(u64[frame * ITEMS + index])
-            if fmt.present(e) and (level == 0 or not fmt.is_table(e, level)):
-                return errno.EADDRINUSE
-            if level == 0:
-                return errno.ENXIO
-            if not fmt.present(e):
-                e = int(fmt.table(level, self.mem.alloc_frame() << FRAME_SHIFT))
-                self.table_frames += 1
-                u64[frame * ITEMS + index] = e
-            frame = int(fmt.table_pa(e)) >> FRAME_SHIFT
-            level -= 1
-            index = (v >> fmt.item_lg2(level)) & (ITEMS - 1)
+        level, frame, _ = self._root(v, v, 0, True)
+        index = self._top_index(v) if level == self.top_level else (v >> self.fmt.item_lg2(level)) & (ITEMS - 1)
+        return errno.EADDRINUSE if self.fmt.present(int(self.mem.u64_flat[frame * ITEMS + index])) else errno.ENXIO
 
     # ------------------------------------------------------------------ range walk
     def _items(self, level: int, g: I64, e: U64, f: I64) -> _Items:
         present = self.fmt.present(e)
-        table = present & self.fmt.is_table(e, level) if level else np.zeros(len(e), dtype=bool)
-        return _Items(g, e, f, present, table)
+        if not level:
+            return _Items(g, e, f, present, np.zeros(len(e), dtype=bool), np.empty(0, dtype=np.int64))
+        table = present & self.fmt.is_table(e, level)
+        return _Items(g, e, f, present, table, self._children(e[table]))
 
-    def _visit(self, v0: int, v1: int) -> tuple[dict[int, _Items], _Rows]:
-        """The kernel's walk of [v0, v1]: every item under a present table, level by level above 0,
-        and the level-0 tables as rows."""
+    def _visit(self, v0: int, v1: int, floor: int = 1, partial_only: bool = False
+               ) -> tuple[dict[int, _Items], _Rows]:
+        """The kernel's walk of [v0, v1]: every item under a present table, level by level above 0
+        (from the deepest table holding the whole range, see _root()), and the level-0 tables as rows."""
         fmt = self.fmt
         levels: dict[int, _Items] = {}
-        level = self.top_level
+        level, frame, _ = self._root(v0, v1, floor, partial_only=partial_only)
         isz = fmt.item_lg2(level)
         g = np.arange(v0 >> isz, (v1 >> isz) + 1, dtype=np.int64)
-        items = self._items(level, g, self.mem.u64_flat[self.top_frame * ITEMS + g],
-                            np.full(len(g), self.top_frame, dtype=np.int64))
+        f = np.full(len(g), frame, dtype=np.int64)
+        items = self._items(level, g, self._entries(level, g, f), f)
         while True:
             levels[level] = items
-            tn, tf = items.g[items.table], self._children(items.e[items.table])
+            tn, tf = items.g[items.table], items.children
             level -= 1
             if level == 0:
                 return levels, _Rows(tn, tf)
@@ -675,7 +700,7 @@ class PageTable:
         level, _, _, e = self._path(v0)[-1]
         if not fmt.present(e) or v0 & ((1 << self._leaf_span(level, e)) - 1):
             return 0  # __unmap_range(): a hole, or a start inside a leaf, is -EINVAL
-        levels, rows = self._visit(v0, v1)
+        levels, rows = self._visit(v0, v1, partial_only=True)  # a covered table item may be freed
         hole = v1 + 1
         for lvl, it in levels.items():
             if not it.present.all():
@@ -695,13 +720,16 @@ class PageTable:
         for lvl, it in levels.items():
             isz = fmt.item_lg2(lvl)
             # in item units: leaves starting before end, tables lying wholly inside [v0, lim]
-            leaf = it.present & ~it.table & (it.g < (end + (1 << isz) - 1) >> isz)
             free = it.table & (it.g >= (v0 + (1 << isz) - 1) >> isz) & (it.g < (lim + 1) >> isz)
-            clear = leaf | free
+            if it.table.all():
+                leaf, clear = free & False, free
+            else:
+                leaf = it.present & ~it.table & (it.g < (end + (1 << isz) - 1) >> isz)
+                clear = leaf | free
             if not clear.any():
                 continue
             if free.any():
-                freed[lvl] = self._children(it.e[free])
+                freed[lvl] = it.children[free[it.table]]
             if fmt.HAS_CONTIG and leaf.any():
                 self._clear_contig(lvl, it, leaf)
             self._store(lvl, it.g[clear], it.f[clear], 0)
@@ -724,6 +752,8 @@ class PageTable:
     def _clear_rows0(self, rows: _Rows, lo: int, hi: int, free_lo: int, free_end: int) -> None:
         """Zero level-0 items lo..hi in tables other than those numbered [free_lo, free_end), which
         are being freed (freeing zeroes them)."""
+        if free_lo <= rows.t[0] and rows.t[-1] < free_end:
+            return
         keep = (rows.t < free_lo) | (rows.t >= free_end)
         self._zero_items0(_Rows(rows.t[keep], rows.f[keep]), lo, hi)
 
@@ -822,37 +852,43 @@ class PageTable:
         return True
 
     def _dirty_rows0(self, rows: _Rows, v0: int, v1: int, bits: Bools, clear: bool) -> bool:
-        """Level-0 dirty scan over whole leaf tables at once."""
+        """Level-0 dirty scan over whole leaf tables at once: one pass to find the dirty items, then
+        only those are looked at and cleaned."""
         fmt = self.fmt
         block, view = self._block(rows.f)
         if not fmt.maybe_dirty(block):
             return False
         gl = fmt.GRANULE_LG2
         lo, hi = v0 >> gl, v1 >> gl
-        if fmt.HAS_CONTIG and fmt.any_contig(block, 0):
-            g = _arange_items(rows.t)
-            keep = (g >= lo) & (g <= hi)
-            it = self._items(0, g[keep], block.reshape(-1)[keep], np.repeat(rows.f, ITEMS)[keep])
-            return self._dirty_items(0, it, v0, v1, bits, clear)
-        mask = fmt.dirty(block) & fmt.present(block)
+        mask = fmt.dirty(block)
         t0, t1 = int(rows.t[0]), int(rows.t[-1])
         if t0 * ITEMS < lo:
             mask[0, :lo - t0 * ITEMS] = False
         if t1 * ITEMS + ITEMS - 1 > hi:
             mask[-1, hi - t1 * ITEMS + 1:] = False
-        if not mask.any():
+        idx = np.flatnonzero(mask)
+        if not len(idx):
             return False
-        if t1 - t0 == len(rows.t) - 1:
-            _or_into(bits, lo, t0 * ITEMS, mask.reshape(-1))
-        else:
-            for k, t in enumerate(rows.t.tolist()):
-                _or_into(bits, lo, t * ITEMS, mask[k])
-        if v0 & ((1 << gl) - 1) and t0 == lo >> ITEMS_LG2 and mask[0, lo - t0 * ITEMS] and len(bits) > 1:
+        flat = block.reshape(-1)
+        ent = flat[idx]
+        if fmt.HAS_CONTIG and fmt.any_contig(ent, 0):  # contiguous entries: the per-entry rules
+            g = _arange_items(rows.t)
+            keep = (g >= lo) & (g <= hi)
+            it = self._items(0, g[keep], flat[keep], np.repeat(rows.f, ITEMS)[keep])
+            return self._dirty_items(0, it, v0, v1, bits, clear)
+        live = fmt.present(ent)
+        idx, ent = idx[live], ent[live]
+        if not len(idx):
+            return False
+        g = rows.t[idx >> ITEMS_LG2] * ITEMS + (idx & (ITEMS - 1))
+        bits[g - lo] = True
+        if v0 & ((1 << gl) - 1) and g[0] == lo and len(bits) > 1:
             bits[1] = True  # the first leaf is reported from v0, into the next granule
         if clear:
-            fmt.clean_where(block, mask)
-            if not view:
-                self.mem.u64[rows.f] = block
+            if view:
+                flat[idx] = fmt.clean(ent)
+            else:
+                self.mem.u64[rows.f[idx >> ITEMS_LG2], idx & (ITEMS - 1)] = fmt.clean(ent)
         return True
 
     # ------------------------------------------------------------------ hardware walk
@@ -937,14 +973,6 @@ class PageTable:
 def _offsets(size: I64) -> I64:
     """0..size[k]-1 for each k, concatenated."""
     return np.arange(int(size.sum()), dtype=np.int64) - np.repeat(np.cumsum(size) - size, size)
-
-
-def _or_into(bits: Bools, base: int, first: int, flat: Bools) -> None:
-    """bits[k] |= flat[first + k - base] where both exist (granule indices)."""
-    a = max(first, base)
-    b = min(first + len(flat), base + len(bits))
-    if a < b:
-        bits[a - base:b - base] |= flat[a - first:b - first]
 
 
 def _mark(bits: Bools, base: int, lo: I64, hi: I64) -> None:
