@@ -120,6 +120,9 @@ class Env:
         child.mmap(BUFFER_SIZE, PROT_RW, MAP_SHARED | MAP_FIXED, addr=self.buffer, file=self.shm)
         child.mmap(BUFFER_SIZE, PROT_RW, MAP_SHARED | MAP_FIXED, addr=self.mfd_buffer, file=self.mfile)
         task = Task.of(child)
+        parent = self.task  # credentials and limits are inherited
+        task.uid, task.cap_ipc_lock, task.cap_sys_resource = parent.uid, parent.cap_ipc_lock, parent.cap_sys_resource
+        task.rlimit_memlock = parent.rlimit_memlock
         self.children.append(task)
         return task
 
