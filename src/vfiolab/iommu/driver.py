@@ -258,9 +258,15 @@ class IommuDriver:
         elif domain.type == IOMMU_DOMAIN_SVA and not unit.caps.sva:
             raise UapiError(errno.EINVAL, f"{unit.name} has no SVA")
 
+    pasid_ops: ClassVar[bool] = True
+    """The driver's domains (and its blocked domain) have set_dev_pasid."""
+    identity_pasid: ClassVar[bool] = False
+    """The identity domain can be attached to a PASID (VT-d identity_domain_set_dev_pasid)."""
+
     def supports_pasid(self, domain: IommuDomain) -> bool:
-        """domain->ops->set_dev_pasid exists (and the blocked domain's, for removal)."""
-        return domain is not self.identity_domain or self.name == "intel"
+        """iommu_attach_device_pasid()'s EOPNOTSUPP test: domain->ops->set_dev_pasid and
+        ops->blocked_domain->ops->set_dev_pasid exist."""
+        return self.pasid_ops and (domain is not self.identity_domain or self.identity_pasid)
 
     # ------------------------------------------------------------------ attach (hardware programming)
     def attach_dev(self, domain: IommuDomain, dev: IommuDevice, old: IommuDomain | None) -> None:
@@ -402,6 +408,7 @@ class IntelDriver(IommuDriver):
     """VT-d in scalable mode (intel/iommu.c)."""
 
     name = "intel"
+    identity_pasid = True
 
     def _fs_format(self, caps: IommuCaps) -> X86_64:
         # compute_vasz_lg2_fs()
@@ -582,6 +589,7 @@ class RiscvDriver(IommuDriver):
     __iommu_paging_domain_alloc_flags()), no PASID."""
 
     name = "riscv"
+    pasid_ops = False
 
     def domain_alloc_paging_flags(self, dev: IommuDevice, flags: int = 0,
                                   data: Mapping[str, Any] | None = None) -> PagingDomain:

@@ -70,10 +70,10 @@ def iommu_probe_device(dev: IommuDevice, unit: IommuUnit, group: IommuGroup | No
     None: the driver's choice)."""
     if dev.group is not None:
         raise VfiolabError(f"{dev.name} is already in IOMMU group {dev.group.id}")
-    unit.driver.probe_device(dev, unit)
     group = group if group is not None else IommuGroup()
     if group.devices and group.devices[0].unit is not None and group.devices[0].unit.driver is not unit.driver:
         raise VfiolabError(f"IOMMU group {group.id} mixes IOMMU drivers")
+    unit.driver.probe_device(dev, unit)
     group.devices.append(dev)
     dev.group = group
     if group.default_domain is None:
@@ -99,10 +99,17 @@ def _setup_default_domain(group: IommuGroup, req_type: int | None) -> None:
 
 
 def _direct_map(dom: IommuDomain, r: ResvRegion) -> None:
-    """iommu_create_device_direct_mappings() for one region (1:1, skipping what is already mapped)."""
+    """iommu_create_device_direct_mappings() for one region (1:1, skipping what is already mapped):
+    one map of the whole region, page by page only where another device's region overlaps."""
     pg = dom.pgsize_bitmap & -dom.pgsize_bitmap  # type: ignore[attr-defined]
     start = r.start & ~(pg - 1)
     end = -(-(r.start + r.length) // pg) * pg
+    try:
+        dom.map(start, start, end - start, r.prot)  # type: ignore[attr-defined]
+        return
+    except UapiError as err:
+        if err.errno != errno.EADDRINUSE:
+            raise
     for a in range(start, end, pg):
         if not dom.iova_to_phys(a):  # type: ignore[attr-defined]
             dom.map(a, a, pg, r.prot)  # type: ignore[attr-defined]
