@@ -128,24 +128,31 @@ class Env:
 
     # ------------------------------------------------------------------ teardown_iommufd()
     def teardown(self) -> None:
-        """Close the fd, reopen, and check no page of ``buffer`` is still pinned."""
+        """Close the fd, reopen, and check no page of ``buffer`` is still pinned; then let the process
+        exit (its access and event-queue files close, releasing the context) and check that nothing
+        of the fd survives (stronger than the kernel test)."""
         self.fd.close()
         fd2 = Iommufd(self.proc, selftest=self.mock)
         fd2.test.md_check_refs(self.buffer, BUFFER_SIZE, 0)
         fd2.close()
-        # stronger than the kernel's check: nothing of the fd survives
+        self._close_files()
+        assert self.fd.released, "the context outlived its files"
         assert not self.mock.devs, "mock devices left behind"
         assert int(self.mem.pincount.sum()) == 0, "pages still pinned after close"
         assert self.task.pinned_vm == 0 and self.task.locked_vm == 0
 
-    def release(self) -> None:
-        """Give the process' memory back (not part of the kernel test)."""
+    def _close_files(self) -> None:
         for f in list(self.task.fds):  # exit(): every open file is released
             obj = self.task.fds.pop(f)
             if isinstance(obj, MemFile):
                 obj.close()
             elif hasattr(obj, "release"):
                 obj.release()
+
+    def release(self) -> None:
+        """Give the process' memory back (not part of the kernel test)."""
+        self.fd.close()
+        self._close_files()
         for child in self.children:
             if child.alive:
                 child.exit()

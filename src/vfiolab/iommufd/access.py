@@ -54,6 +54,8 @@ class IommufdAccess(IommufdObject):
         # iommufd_access_destroy_object()
         if self.ioas is not None:
             self.change_ioas(None)
+        if not self.internal:
+            self.ictx.ctx_put()
 
     # ------------------------------------------------------------------ IOAS binding
     def change_ioas(self, new: Ioas | None) -> None:
@@ -199,6 +201,7 @@ def access_create(ictx: Iommufd, ops: AccessOps) -> IommufdAccess:
     """iommufd_access_create(): the calling driver holds a users reference until destroy."""
     access = ictx.objects.alloc(IommufdAccess(ictx, ops))
     access.users += 1
+    ictx.ctx_get()
     ictx.objects.finalize(access)
     return access
 

@@ -138,6 +138,10 @@ class Iommufd:
         self.compat_ioas: Ioas | None = None
         self.selftest = selftest
         self.closed = False
+        """close() was called on the fd: no more ioctls."""
+        self.released = False
+        """iommufd_fops_release() ran: every object is gone."""
+        self._refs = 1
         self._test: SelftestOps | None = None
 
     # ------------------------------------------------------------------ context
@@ -173,12 +177,23 @@ class Iommufd:
             self._test = SelftestOps(self)
         return self._test
 
+    def ctx_get(self) -> None:
+        """iommufd_ctx_get(): another file (an access, an event queue) keeps the context open."""
+        self._refs += 1
+
+    def ctx_put(self) -> None:
+        """iommufd_ctx_put(): the last reference releases the context."""
+        self._refs -= 1
+        if self._refs == 0 and not self.released:
+            self.released = True
+            self.objects.release_all()  # iommufd_fops_release(): every object, leaves first
+
     def close(self) -> None:
-        """iommufd_fops_release(): destroy every object, leaves first."""
+        """close(2) of the fd; the context is released once no access or event-queue file holds it."""
         if self.closed:
             return
-        self.objects.release_all()
         self.closed = True
+        self.ctx_put()
 
     def __enter__(self) -> Self:
         return self

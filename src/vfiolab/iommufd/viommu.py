@@ -33,10 +33,11 @@ class EventqFile:
         self.open = True
 
     def release(self) -> None:
-        """iommufd_eventq_fops_release()."""
+        """iommufd_eventq_fops_release(): drops the object's users reference and the context's."""
         if self.open:
             self.open = False
             self.obj.users -= 1
+            self.obj.ictx.ctx_put()
 
 
 class IommufdFault(IommufdObject):
@@ -66,6 +67,7 @@ def fault_queue_alloc(ucmd: Ucmd) -> int:
     fault = ictx.objects.alloc(IommufdFault(ictx))
     fault.file = EventqFile(fault, "[iommufd-pgfault]")
     fault.users += 1
+    ictx.ctx_get()
     task = ictx.current
     fd = task.fd_install(fault.file)
     cmd["out_fault_id"] = fault.id
