@@ -22,7 +22,8 @@ TIMEOUT=${VFIOLAB_GROUPS_TIMEOUT:-240}
 exec 9>"$base/.lock"
 flock 9
 
-sha() { sha256sum "$@" | sha256sum | cut -c1-16; }
+# Content hash only: file paths differ between checkouts (CI clones afresh) and must not key the cache.
+sha() { local f; for f in "$@"; do sha256sum < "$f"; done | sha256sum | cut -c1-16; }
 
 # --- guest kernel -------------------------------------------------------------------------------------------
 # Packages come from sid through a private list (private_apt); "bookworm" means the host's own apt sources.
