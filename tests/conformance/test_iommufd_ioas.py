@@ -81,21 +81,138 @@ def test_ioas_destroy(s: Self) -> None:
         s.env.fd.destroy(s.ioas_id)
 
 
-@kselftest(FIXTURE, ["no_domain"])
+def _invalidate(s: Self, hwpt_id: int, reqs: list[tuple[int, int]] | None, num: int,
+                data_type: int = uapi.IOMMU_HWPT_INVALIDATE_DATA_SELFTEST,
+                entry_len: int = uapi.iommu_hwpt_invalidate_selftest.size) -> tuple[int, int]:
+    """_test_cmd_hwpt_invalidate(): (errno or 0, entry_num written back)."""
+    env = s.env
+    ptr = 0
+    if reqs is not None:
+        ptr = s.inv_buf
+        env.proc.write(ptr, b"".join(uapi.iommu_hwpt_invalidate_selftest.pack(flags=f, iotlb_id=i)
+                                     for f, i in reqs))
+    try:
+        done = env.fd.hwpt_invalidate(hwpt_id, ptr, data_type, entry_len, num)
+    except Exception as e:  # only UapiError; the written-back count rides on it
+        return e.errno, e.out["entry_num"]  # type: ignore[attr-defined]
+    return 0, done
+
+
+def _check_iotlb(s: Self, hwpt_id: int, values: list[int]) -> None:
+    for i, v in enumerate(values):
+        s.env.test.md_check_iotlb(hwpt_id, i, v)
+
+
+@kselftest(FIXTURE, ALL)
 def test_alloc_hwpt_nested(s: Self) -> None:
-    """Without a device every allocation and replace names a missing object."""
-    fd, env = s.env.fd, s.env
+    env = s.env
+    fd = env.fd
+    D = uapi.IOMMU_TEST_IOTLB_DEFAULT
     data = env.mmap(PAGE_SIZE)
-    env.proc.write(data, uapi.iommu_hwpt_selftest.pack(iotlb=uapi.IOMMU_TEST_IOTLB_DEFAULT))
+    s.inv_buf = data + 256  # type: ignore[attr-defined]
+    env.proc.write(data, uapi.iommu_hwpt_selftest.pack(iotlb=D))
     size = uapi.iommu_hwpt_selftest.size
+    sel = uapi.IOMMU_HWPT_DATA_SELFTEST
+
+    def nested(pt_id: int, flags: int = 0, data_type: int = sel, uptr: int = data, length: int = size,
+               fault_id: int = 0) -> int:
+        return fd.hwpt_alloc(s.device_id, pt_id, flags=flags, data_type=data_type, data_uptr=uptr, data_len=length,
+                             fault_id=fault_id)
+
+    if not s.device_id:
+        with expect_errno(errno.ENOENT):
+            fd.hwpt_alloc(s.device_id, s.ioas_id)
+        for _ in range(2):
+            with expect_errno(errno.ENOENT):
+                nested(0)
+        for _ in range(2):
+            with expect_errno(errno.ENOENT):
+                env.test.mock_domain_replace(s.stdev_id, 0)
+        return
+    with expect_errno(errno.ENOENT):  # an IOAS is not a device
+        fd.hwpt_alloc(s.ioas_id, s.device_id)
+    with expect_errno(errno.EINVAL):  # a device is not a page table
+        fd.hwpt_alloc(s.device_id, s.device_id)
+    with expect_errno(errno.EOPNOTSUPP):
+        fd.hwpt_alloc(s.device_id, s.ioas_id,
+                      flags=uapi.IOMMU_HWPT_ALLOC_NEST_PARENT | uapi.IOMMU_HWPT_FAULT_ID_VALID)
+    parent = fd.hwpt_alloc(s.device_id, s.ioas_id, flags=uapi.IOMMU_HWPT_ALLOC_NEST_PARENT)
+    parent_not_work = fd.hwpt_alloc(s.device_id, s.ioas_id)
+    for err, kw in ((errno.EINVAL, {"data_type": uapi.IOMMU_HWPT_DATA_NONE}),
+                    (errno.EOPNOTSUPP, {"data_type": sel + 1}),
+                    (errno.EINVAL, {"length": uapi.iommu_hwpt_selftest.offsetofend("iotlb") - 1}),
+                    (errno.EFAULT, {"uptr": 0}),
+                    (errno.EOPNOTSUPP, {"flags": uapi.IOMMU_HWPT_ALLOC_NEST_PARENT})):
+        with expect_errno(err):
+            nested(parent, **kw)  # type: ignore[arg-type]
+    with expect_errno(errno.EINVAL):  # the parent must be a NEST_PARENT
+        nested(parent_not_work)
+    fq = fd.fault_queue_alloc()
+    nested_ids = [nested(parent), nested(parent)]
     with expect_errno(errno.ENOENT):
-        fd.hwpt_alloc(s.device_id, s.ioas_id)
-    for _ in range(2):
-        with expect_errno(errno.ENOENT):
-            fd.hwpt_alloc(s.device_id, 0, data_type=uapi.IOMMU_HWPT_DATA_SELFTEST, data_uptr=data, data_len=size)
-    for _ in range(2):
-        with expect_errno(errno.ENOENT):
-            env.test.mock_domain_replace(s.stdev_id, 0)
+        nested(parent, flags=uapi.IOMMU_HWPT_FAULT_ID_VALID, fault_id=0xFFFFFFFF)
+    iopf_hwpt = nested(parent, flags=uapi.IOMMU_HWPT_FAULT_ID_VALID, fault_id=fq.out_fault_id)
+    _check_iotlb(s, nested_ids[0], [D] * 4)
+    _check_iotlb(s, nested_ids[1], [D] * 4)
+    with expect_errno(errno.EINVAL):  # no nested HWPT on a nested HWPT
+        nested(nested_ids[0])
+    with expect_errno(errno.EBUSY):
+        fd.destroy(parent)
+    assert _invalidate(s, parent, [(0, 0)], 1) == (errno.EINVAL, 0)  # not on a paging HWPT
+    assert _invalidate(s, nested_ids[0], [], 0) == (0, 0)  # an empty array probes the type
+    bad = uapi.IOMMU_HWPT_INVALIDATE_DATA_SELFTEST_INVALID
+    one = uapi.iommu_hwpt_invalidate_selftest.size
+    assert _invalidate(s, nested_ids[0], [(0, 0)], 1, data_type=bad) == (errno.EINVAL, 0)
+    for entry_len in (one + 1, 1, PAGE_SIZE + 1, 0):
+        assert _invalidate(s, nested_ids[0], [(0, 0)], 1, entry_len=entry_len) == (errno.EINVAL, 0)
+    assert _invalidate(s, nested_ids[0], [(0, 0)], (1 << 19) + 1) == (errno.EINVAL, 0)
+    assert _invalidate(s, nested_ids[0], [(0xFFFFFFFF, 0)], 1) == (errno.EOPNOTSUPP, 0)
+    assert _invalidate(s, nested_ids[0], None, 1) == (errno.EINVAL, 0)
+    assert _invalidate(s, nested_ids[0], [(0, uapi.MOCK_NESTED_DOMAIN_IOTLB_ID_MAX + 1)], 1) == (errno.EINVAL, 0)
+    # the first request takes effect, the second fails
+    assert _invalidate(s, nested_ids[0], [(0, 0), (0xFFFFFFFF, 1)], 2) == (errno.EOPNOTSUPP, 1)
+    _check_iotlb(s, nested_ids[0], [0, D, D, D])
+    assert _invalidate(s, nested_ids[0], [(0, 0), (0, uapi.MOCK_NESTED_DOMAIN_IOTLB_ID_MAX + 1)], 2) == \
+        (errno.EINVAL, 1)
+    _check_iotlb(s, nested_ids[0], [0, D, D, D])
+    assert _invalidate(s, nested_ids[0], [(0, 1)], 1) == (0, 1)
+    _check_iotlb(s, nested_ids[0], [0, 0, D, D])
+    assert _invalidate(s, nested_ids[0], [(0, 2), (0, 3)], 2) == (0, 2)
+    _check_iotlb(s, nested_ids[0], [0] * 4)
+    assert _invalidate(s, nested_ids[1], [(uapi.IOMMU_TEST_INVALIDATE_FLAG_ALL, 0)], 1) == (0, 1)
+    _check_iotlb(s, nested_ids[1], [0] * 4)
+    env.test.mock_domain_replace(s.stdev_id, nested_ids[0])  # an attached nested HWPT is busy
+    with expect_errno(errno.EBUSY):
+        fd.destroy(nested_ids[0])
+    env.test.mock_domain_replace(s.stdev_id, nested_ids[1])
+    with expect_errno(errno.EBUSY):
+        fd.destroy(nested_ids[1])
+    fd.destroy(nested_ids[0])
+    env.test.mock_domain_replace(s.stdev_id, iopf_hwpt)
+    with expect_errno(errno.EBUSY):
+        fd.destroy(iopf_hwpt)
+    trigger_iopf(env, s.device_id, 0x1, fq.out_fault_fd)
+    env.test.mock_domain_replace(s.stdev_id, parent)
+    fd.destroy(nested_ids[1])
+    fd.destroy(iopf_hwpt)
+    env.test.mock_domain_replace(s.stdev_id, s.ioas_id)
+    fd.destroy(parent)
+    fd.destroy(parent_not_work)
+    env.task.close(fq.out_fault_fd)
+    fd.destroy(fq.out_fault_id)
+
+
+def trigger_iopf(env: Env, dev_id: int, pasid: int, fault_fd: int) -> None:
+    """_test_cmd_trigger_iopf(): the device faults, the fault is read from the fd and answered."""
+    from vfiolab.iommufd.fault import iommu_hwpt_page_response, iommu_hwpt_pgfault
+    env.test.trigger_iopf(dev_id, pasid, 0x2, 0x3, 0xDEADBEAF)  # perm READ | WRITE
+    f = env.task.fds[fault_fd]
+    raw = f.read(iommu_hwpt_pgfault.size)  # type: ignore[attr-defined]
+    assert len(raw) == iommu_hwpt_pgfault.size
+    fault = iommu_hwpt_pgfault.unpack(raw)
+    assert (fault["dev_id"], fault["pasid"], fault["grpid"], fault["addr"]) == (dev_id, pasid, 2, 0xDEADBEAF)
+    resp = iommu_hwpt_page_response.pack(cookie=fault["cookie"], code=0)
+    assert f.write(resp) == len(resp)  # type: ignore[attr-defined]
 
 
 @kselftest(FIXTURE, ALL)

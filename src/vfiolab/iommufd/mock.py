@@ -24,6 +24,12 @@ from vfiolab.iommu.domain import IOMMU_DOMAIN_NESTED, IOMMU_DOMAIN_UNMANAGED, Io
 from vfiolab.iommu.driver import MockDriver, make_unit
 from vfiolab.iommu.group import iommu_probe_device, iommu_release_device
 from vfiolab.iommu.nested import NestedDomain
+from vfiolab.iommu.pri import (
+    IOMMU_FAULT_PAGE_REQUEST_LAST_PAGE,
+    IOMMU_FAULT_PAGE_REQUEST_PASID_VALID,
+    PageRequest,
+    iommu_report_device_fault,
+)
 from vfiolab.iommufd import uapi
 from vfiolab.iommufd.access import AccessOps, IommufdAccess, access_create, access_destroy
 from vfiolab.iommufd.device import (
@@ -600,9 +606,15 @@ def test_cmd(ucmd: Ucmd) -> int:
         _dirty(ucmd, m)
         respond()
         return 0
-    if op == uapi.IOMMU_TEST_OP_TRIGGER_IOPF:
+    if op == uapi.IOMMU_TEST_OP_TRIGGER_IOPF:  # iommufd_test_trigger_iopf()
         idev = get_device(ictx, m["dev_id"])
-        raise UapiError(errno.EOPNOTSUPP, "IOPF delivery to fault queues is not modelled yet")
+        if not _selftest(ictx).is_mock_dev(idev.dev):
+            raise UapiError(errno.EINVAL, "not a mock device")
+        flags = IOMMU_FAULT_PAGE_REQUEST_LAST_PAGE
+        if m["pasid"] != IOMMU_NO_PASID:
+            flags |= IOMMU_FAULT_PAGE_REQUEST_PASID_VALID
+        iommu_report_device_fault(idev.dev, PageRequest(flags, m["pasid"], m["grpid"], m["perm"], m["addr"]))
+        return 0
     if op == uapi.IOMMU_TEST_OP_TRIGGER_VEVENT:
         get_device(ictx, m["dev_id"])
         raise UapiError(errno.ENOENT, "the mock device has no vIOMMU/vDEVICE")
@@ -723,6 +735,11 @@ class SelftestOps:
         """IOMMU_TEST_OP_DIRTY: the number of bits set."""
         return self._call(uapi.IOMMU_TEST_OP_DIRTY, hwpt_id, iova=iova, length=length, page_size=page_size,
                           uptr=uptr, flags=flags)["out_nr_dirty"]
+
+    def trigger_iopf(self, dev_id: int, pasid: int, grpid: int, perm: int, addr: int) -> None:
+        """IOMMU_TEST_OP_TRIGGER_IOPF: the mock device reports a page request."""
+        self._call(uapi.IOMMU_TEST_OP_TRIGGER_IOPF, 0, dev_id=dev_id, pasid=pasid, grpid=grpid, perm=perm,
+                   addr=addr)
 
     def pasid_attach(self, stdev_id: int, pasid: int, pt_id: int) -> int:
         """IOMMU_TEST_OP_PASID_ATTACH."""

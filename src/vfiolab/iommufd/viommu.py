@@ -1,7 +1,6 @@
-"""FAULT queues and the vIOMMU family of ioctls (``drivers/iommu/iommufd/eventq.c``, ``viommu.c``).
+"""The vIOMMU family of ioctls (``drivers/iommu/iommufd/viommu.c``, ``eventq.c``).
 
-FAULT_QUEUE_ALLOC makes the fault object and its file (the file holds a users reference until it is
-closed).  VIOMMU_ALLOC, VDEVICE_ALLOC, VEVENTQ_ALLOC and HW_QUEUE_ALLOC validate in the kernel's order;
+VIOMMU_ALLOC, VDEVICE_ALLOC, VEVENTQ_ALLOC and HW_QUEUE_ALLOC validate in the kernel's order;
 no driver of the model implements vIOMMUs yet, so VIOMMU_ALLOC ends where the kernel finds no
 ``get_viommu_size``/``viommu_init`` (EOPNOTSUPP) and the others find no vIOMMU object (ENOENT), which is
 what the kernel answers for such a driver.
@@ -22,64 +21,6 @@ if TYPE_CHECKING:
     from vfiolab.iommufd.ucmd import Ucmd
 
 VEVENTQ_MAX_DEPTH: Final = 1 << 19
-
-
-class EventqFile:
-    """The anon-inode file of an event queue: holds a users reference on its object."""
-
-    def __init__(self, obj: IommufdObject, name: str) -> None:
-        self.obj = obj
-        self.name = name
-        self.open = True
-
-    def release(self) -> None:
-        """iommufd_eventq_fops_release(): drops the object's users reference and the context's."""
-        if self.open:
-            self.open = False
-            self.obj.users -= 1
-            self.obj.ictx.ctx_put()
-
-
-class IommufdFault(IommufdObject):
-    """struct iommufd_fault: a page-fault queue a HWPT reports to (read/written through its fd)."""
-
-    type = ObjType.FAULT
-
-    def __init__(self, ictx: Iommufd) -> None:
-        super().__init__(ictx)
-        self.file: EventqFile | None = None
-        self.deliver: list[object] = []
-        self.response: dict[int, object] = {}
-
-    def abort(self) -> None:
-        # iommufd_object_abort_and_destroy(): __fput_sync() of the file first
-        if self.file is not None:
-            self.file.release()
-        self.destroy()
-
-
-def fault_queue_alloc(ucmd: Ucmd) -> int:
-    """IOMMU_FAULT_QUEUE_ALLOC."""
-    cmd = ucmd.cmd
-    ictx = ucmd.ictx
-    if cmd["flags"]:
-        raise UapiError(errno.EOPNOTSUPP, f"flags {cmd['flags']:#x}")
-    fault = ictx.objects.alloc(IommufdFault(ictx))
-    fault.file = EventqFile(fault, "[iommufd-pgfault]")
-    fault.users += 1
-    ictx.ctx_get()
-    task = ictx.current
-    fd = task.fd_install(fault.file)
-    cmd["out_fault_id"] = fault.id
-    cmd["out_fault_fd"] = fd
-    try:
-        ucmd.respond()
-    except UapiError:
-        task.close_fd(fd)
-        ictx.objects.abort_and_destroy(fault)
-        raise
-    ictx.objects.finalize(fault)
-    return 0
 
 
 def _get_viommu(ictx: Iommufd, viommu_id: int) -> IommufdObject:
