@@ -25,7 +25,7 @@ from vfiolab.iommu.device import IommuDevice
 from vfiolab.iommu.fault import DmaStalled, FaultReason
 from vfiolab.iommu.pasid import PASID_MAX_WIDTH
 from vfiolab.iommu.pri import IOMMU_PAGE_RESP_INVALID, IOMMU_PAGE_RESP_SUCCESS, perm_for
-from vfiolab.iommu.unit import IommuUnit
+from vfiolab.iommu.unit import IommuUnit, append_piece
 from vfiolab.memory.phys import PhysMemory
 
 Buffer = npt.NDArray[np.uint8]
@@ -85,8 +85,12 @@ class DmaPort:
         """Read ``out.nbytes`` bytes at ``iova`` straight into ``out`` (zero-copy on our side)."""
         dst = _bytes_view(out, True)
         n = dst.size
-        runs = self._xlate(iova, n, False, pasid)
-        flat = self._flat if self.dev.unit is not None and self.dev.unit.mem is self._mem else self._ram()
+        unit = self.dev.unit
+        if pasid is None and self.dev.atc is None and unit is not None and 0 <= iova and n:
+            runs = unit.translate(self.dev.rid, 0, iova, n, False)  # the common case, without ATS or PASID
+        else:
+            runs = self._xlate(iova, n, False, pasid)
+        flat = self._flat if unit is not None and unit.mem is self._mem else self._ram()
         if len(runs) == 1:
             pa = runs[0][0]
             dst[:] = flat[pa:pa + n]
@@ -101,7 +105,11 @@ class DmaPort:
         """Write the bytes of ``src`` at ``iova`` straight from ``src``."""
         data = _bytes_view(src, False)
         n = data.size
-        runs = self._xlate(iova, n, True, pasid)
+        unit = self.dev.unit
+        if pasid is None and self.dev.atc is None and unit is not None and 0 <= iova and n:
+            runs = unit.translate(self.dev.rid, 0, iova, n, True)
+        else:
+            runs = self._xlate(iova, n, True, pasid)
         mem = self._unit().mem
         pos = 0
         if len(runs) == 1:
@@ -148,11 +156,7 @@ class DmaPort:
             if run is None or not (run.w if write else run.r):
                 run = self._translate_page(unit, p, pos, end, write)
             stop = min(end, run.hi)
-            pa = run.pa + (pos - run.lo)
-            if out and out[-1][0] + out[-1][1] == pa:
-                out[-1] = (out[-1][0], out[-1][1] + stop - pos)
-            else:
-                out.append((pa, stop - pos))
+            append_piece(out, run.pa + (pos - run.lo), stop - pos)
             pos = stop
         if unit.mem.size < max(pa + k for pa, k in out):
             raise unit.fault(dev.rid, p, iova, write, FaultReason.BAD_PA)

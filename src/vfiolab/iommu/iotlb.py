@@ -7,7 +7,7 @@ physically contiguous and have the same permissions.  ``span_lg2 = 12`` is a cla
 TLB; larger spans let one entry stand for many 4 KiB leaves that map contiguous memory, so a 64 KiB DMA
 burst costs one lookup instead of sixteen (hardware coalesces contiguous PTEs in the same spirit: AMD's
 PTE coalescing, Arm's contiguous hint).  ``entries`` and ``ways`` count span entries; replacement is LRU
-within a set.
+within a set, pseudo-LRU for hits through the one-entry L1 that remembers the last run used.
 
 Everything a real TLB does to software is kept: a lookup never consults the page table, so after an
 unmap without invalidation the stale run still hits and still leads to the old page; cached permissions
@@ -98,6 +98,9 @@ class TranslationCache:
         self.nsets = entries // ways
         self._sets: list[OrderedDict[Key, list[Run]]] = [OrderedDict() for _ in range(self.nsets)]
         self.stats = CacheStats()
+        self._mru: tuple[int, Run] | None = None
+        """The last run hit or filled (a one-entry L1 in front of the sets; dropped by any invalidation
+        or eviction).  Hits through it do not refresh LRU order, as with a pseudo-LRU."""
         self.enabled = True
         """A disabled cache misses every lookup and keeps nothing (a device or unit without a TLB)."""
 
@@ -107,6 +110,12 @@ class TranslationCache:
     # ------------------------------------------------------------------ lookup / fill
     def lookup(self, tag: int, addr: int) -> Run | None:
         """The cached run holding ``addr`` for ``tag``, or None (a miss)."""
+        mru = self._mru
+        if mru is not None and mru[0] == tag:
+            run = mru[1]
+            if run.lo <= addr < run.hi:
+                self.stats.hits += 1
+                return run
         sidx = addr >> self.span_lg2
         s = self._sets[(sidx ^ (tag * 0x9E3779B1)) % self.nsets]
         key = (tag, sidx)
@@ -116,6 +125,7 @@ class TranslationCache:
                 if run.lo <= addr < run.hi:
                     s.move_to_end(key)
                     self.stats.hits += 1
+                    self._mru = (tag, run)
                     return run
         self.stats.misses += 1
         return None
@@ -136,6 +146,7 @@ class TranslationCache:
             if len(s) >= self.ways:
                 s.popitem(last=False)
                 self.stats.evictions += 1
+                self._mru = None
             runs = s[key] = []
         else:
             s.move_to_end(key)
@@ -150,6 +161,7 @@ class TranslationCache:
         runs.append(run)
         runs.sort(key=lambda r: r.lo)
         self.stats.fills += 1
+        self._mru = (tag, run)
         return run
 
     # ------------------------------------------------------------------ invalidation
@@ -158,6 +170,7 @@ class TranslationCache:
         """Drop cached translations of [lo, hi) for ``tag`` (or every tag ``match`` accepts, or every
         tag); runs straddling the range keep their outside parts.  Returns runs affected."""
         self.stats.invalidations += 1
+        self._mru = None
         if hi <= lo:
             return 0
         lo_s, hi_s = lo >> self.span_lg2, (hi - 1) >> self.span_lg2

@@ -40,6 +40,14 @@ def iotlb_tag(did: int, pasid: int) -> int:
     return (did << PASID_TAG_BITS) | pasid
 
 
+def append_piece(out: list[tuple[int, int]], pa: int, n: int) -> None:
+    """Add (pa, n) to a list of physically contiguous pieces, merging with the last one."""
+    if out and out[-1][0] + out[-1][1] == pa:
+        out[-1] = (out[-1][0], out[-1][1] + n)
+    else:
+        out.append((pa, n))
+
+
 @dataclass(frozen=True)
 class IommuCaps:
     """What one IOMMU unit supports."""
@@ -233,23 +241,25 @@ class IommuUnit:
             return self._passthrough(rid, pasid, iova, length, write)
         tag, cache = ctx.tag, self.iotlb
         pos, end = iova, iova + length
+        run = cache.lookup(tag, pos)
+        if run is not None and end <= run.hi and (run.w if write else run.r) and not (write and run.dirty):
+            return [(run.pa + (pos - run.lo), length)]  # one cached run holds the whole burst
+        if run is None:
+            run = self._fill(ctx, rid, pasid, pos, write)
         out: list[tuple[int, int]] = []
-        while pos < end:
-            run = cache.lookup(tag, pos)
-            if run is None:
-                run = self._fill(ctx, rid, pasid, pos, write)
+        while True:
             if not (run.w if write else run.r):
                 raise self.fault(rid, pasid, pos, write, FaultReason.PERMISSION)
             stop = min(end, run.hi)
             if write and run.dirty:
                 mark_dirty(self.mem, run, pos, stop)
-            pa = run.pa + (pos - run.lo)
-            if out and out[-1][0] + out[-1][1] == pa:
-                out[-1] = (out[-1][0], out[-1][1] + stop - pos)
-            else:
-                out.append((pa, stop - pos))
+            append_piece(out, run.pa + (pos - run.lo), stop - pos)
             pos = stop
-        return out
+            if pos >= end:
+                return out
+            run = cache.lookup(tag, pos)
+            if run is None:
+                run = self._fill(ctx, rid, pasid, pos, write)
 
     def _fill(self, ctx: Context, rid: int, pasid: int, pos: int, write: bool) -> Run:
         assert ctx.walker is not None
