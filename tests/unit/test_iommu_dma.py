@@ -268,3 +268,61 @@ def test_identity_and_translation_disabled() -> None:
     assert err.value.record.reason == FaultReason.BAD_PA
     unit.translation_enabled = False
     assert port.dma_read(0x5000, 2) == b"pt"
+
+
+def test_domain_and_pasid_selective_flushes() -> None:
+    """DSI drops every PASID of a domain ID; PASID-selective drops one (did, pasid) only."""
+    mem = PhysMemory(1 << 26)
+    unit = make_unit("mock", mem)
+    dev = IommuDevice("m", 0x8, pasid_num_bits=8)
+    g = iommu_probe_device(dev, unit)
+    dom = unit.driver.domain_alloc_paging(dev)
+    pa = page(mem, b"p")
+    dom.map(1 << 24, pa, 0x1000, RW)
+    iommu_attach_group(dom, g)
+    from vfiolab.iommu.group import iommu_attach_device_pasid
+    iommu_attach_device_pasid(dom, dev, 3)
+    port = DmaPort(dev)
+    port.dma_read(1 << 24, 1)
+    port.dma_read(1 << 24, 1, pasid=3)
+    did = unit.domain_id(dom)
+    dom.pt.unmap(1 << 24, 0x1000)  # raw: both tags stale now
+    unit.iotlb_flush_pasid(did, 3)
+    assert port.dma_read(1 << 24, 1) == b"p"
+    with pytest.raises(DmaFault):
+        port.dma_read(1 << 24, 1, pasid=3)
+    unit.iotlb_flush_domain(did)
+    with pytest.raises(DmaFault):
+        port.dma_read(1 << 24, 1)
+
+
+def test_ats_global_invalidate() -> None:
+    """Global Invalidate only for functions that advertise it."""
+    unit, dev, dom, port, mem = rig(ats_dev=True)
+    dom.map(IOVA, page(mem, b"g"), 0x1000, RW)
+    port.dma_read(IOVA, 1)
+    with pytest.raises(VfiolabError):
+        unit.devtlb_invalidate_all(dev)
+    mem2 = PhysMemory(1 << 24)
+    unit2 = make_unit("intel", mem2)
+    fn = RcIntegratedEndpoint(0x8086, 0x11, 0x020000, ext_caps=[AtsCap(global_invalidate=True)])
+    dev2 = IommuDevice("g", 0x19, pci=fn)
+    iommu_probe_device(dev2, unit2, default_type=IOMMU_DOMAIN_IDENTITY)
+    DmaPort(dev2).dma_read(0x3000, 4)
+    assert dev2.atc is not None and len(dev2.atc) == 1
+    unit2.devtlb_invalidate_all(dev2)
+    assert len(dev2.atc) == 0 and unit2.ats_invalidations == 1
+
+
+def test_enforce_cache_coherency_per_vendor() -> None:
+    """enforce_cache_coherency(): VT-d second stage sets SNP in later PTEs (snoop control units only),
+    AMD always (FC set), the mock has no such op."""
+    _unit, _dev, dom, _port, mem = rig("intel", IOMMU_HWPT_ALLOC_DIRTY_TRACKING)
+    assert dom.fmt.name == "vtdss" and dom.enforce_cache_coherency() is True
+    dom.map(IOVA, page(mem, b"s"), 0x1000, RW)
+    from vfiolab.iommu.pagetable.vtdss import SNP
+    assert dom.pt.pte(IOVA)[1] & SNP
+    _unit2, _, dom2, _, _ = rig("intel", extra={"enforce_coherency": False})
+    assert dom2.enforce_cache_coherency() is False
+    assert rig("amd")[2].enforce_cache_coherency() is True
+    assert rig("mock")[2].enforce_cache_coherency() is None

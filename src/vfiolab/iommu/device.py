@@ -71,6 +71,14 @@ class IommuDevice:
         return self.pci is not None and pcie_ats.ats_enabled_in_hw(self.pci)
 
     @property
+    def ats_global_invalidate(self) -> bool:
+        """ATS capability: Global Invalidate Supported."""
+        if self.pci is None:
+            return False
+        cap = self.pci.caps.find(AtsCap.cap_id, extended=True)
+        return cap is not None and bool(self.pci.config_read(cap.offset + AtsCap.CAP, 2) & AtsCap.CAP_GLOBAL_INV)
+
+    @property
     def pasid_enabled(self) -> bool:
         """The function may send PASID-prefixed requests (PASID Enable; any width for non-PCI)."""
         if self.pci is None:

@@ -164,6 +164,7 @@ class PagingDomain(IommuDomain):
         self.dirty_ops = bool(flags & IOMMU_HWPT_ALLOC_DIRTY_TRACKING)
         """domain->dirty_ops: allocated with dirty tracking (enforced at attach)."""
         self.nest_parent = bool(flags & IOMMU_HWPT_ALLOC_NEST_PARENT)
+        self.force_snooping = False
         self._dirty_on = False
         self.stage = Stage(fmt, self._root, ad=fmt.name in ALWAYS_AD)
         self.children: list[IommuDomain] = []
@@ -242,6 +243,13 @@ class PagingDomain(IommuDomain):
         del self.pt.flushes[start:]
         self.iotlb_sync(gather)
         return bits
+
+    def enforce_cache_coherency(self) -> bool | None:
+        """domain->ops->enforce_cache_coherency(): True when the domain now forces snooping, False when
+        it cannot, None when the driver has no such op."""
+        if self.owner is None:
+            return None
+        return self.owner.enforce_cache_coherency(self)
 
     def free(self) -> None:
         """iommu_domain_free(): EBUSY while attached or while nested children use it."""

@@ -59,6 +59,7 @@ from vfiolab.iommu.pagetable.amdv1 import (
 from vfiolab.iommu.pagetable.arm_lpae import QUIRK_ARM_HD, ArmLpae
 from vfiolab.iommu.pagetable.common import SIGN_EXTEND
 from vfiolab.iommu.pagetable.riscv import RiscV64
+from vfiolab.iommu.pagetable.vtdss import FORCE_COHERENCE as VTDSS_FORCE_COHERENCE
 from vfiolab.iommu.pagetable.vtdss import FORCE_WRITEABLE, VtdSS
 from vfiolab.iommu.pagetable.x86_64 import AMD_ENCRYPT_TABLES, X86_64
 from vfiolab.iommu.pasid import IOMMU_NO_PASID, max_pasids
@@ -388,15 +389,35 @@ class IommuDriver:
             dev.pri.receive_response(resp.grpid, resp.code)
 
     # ------------------------------------------------------------------ misc ops
+    def enforce_cache_coherency(self, domain: PagingDomain) -> bool | None:
+        """domain->ops->enforce_cache_coherency(); None: the driver's domains have no such op."""
+        return None
+
+    def _units_of(self, domain: IommuDomain) -> list[IommuUnit]:
+        return [t.unit for t in domain.tags.tags]
+
+    static_caps: ClassVar[dict[int, bool]] = {}
+    """Answers of ops->capable() that do not depend on the unit or device."""
+    has_capable: ClassVar[bool] = True
+    """ops->capable exists (device_iommu_capable() is false for everything otherwise)."""
+
     def capable(self, dev: IommuDevice, cap: int) -> bool:
-        """ops->capable()."""
+        """ops->capable() (intel_iommu_capable, amd_iommu_capable, arm_smmu_capable): cache coherency,
+        dirty tracking from the hardware, ATS for an ATS-capable function, enforce-coherency from the
+        unit's ``enforce_coherency`` fact, the rest from the vendor table."""
         unit = self._unit(dev)
+        if not self.has_capable:
+            return False
+        if cap in self.static_caps:
+            return self.static_caps[cap]
         if cap == IOMMU_CAP_CACHE_COHERENCY:
             return True
         if cap == IOMMU_CAP_DIRTY_TRACKING:
             return unit.caps.dirty and not dev.no_dirty
         if cap == IOMMU_CAP_PCI_ATS_SUPPORTED:
             return unit.caps.ats and dev.pci is not None and pcie_ats.ats_supported(dev.pci)
+        if cap == IOMMU_CAP_ENFORCE_CACHE_COHERENCY:
+            return bool(unit.caps.extra.get("enforce_coherency", False))
         return False
 
     def get_resv_regions(self, dev: IommuDevice) -> list[ResvRegion]:
@@ -473,6 +494,18 @@ class IntelDriver(IommuDriver):
                     domain.pgsize_bitmap & _SZ_1G and 30 not in caps.superpages:
                 raise UapiError(errno.EINVAL, "super page sizes the unit lacks")
 
+    def enforce_cache_coherency(self, domain: PagingDomain) -> bool | None:
+        """intel_iommu_enforce_cache_coherency_fs/_ss(): every unit the domain is attached to must have
+        snoop control (domain_support_force_snooping); the second stage then sets SNP in new PTEs."""
+        if domain.force_snooping and domain.fmt.name == "x86_64":
+            return True
+        if not all(u.caps.extra.get("enforce_coherency", False) for u in self._units_of(domain)):
+            return False
+        if domain.fmt.name == "vtdss":
+            domain.fmt.features |= {VTDSS_FORCE_COHERENCE}
+        domain.force_snooping = True
+        return True
+
     def get_resv_regions(self, dev: IommuDevice) -> list[ResvRegion]:
         """intel_iommu_get_resv_regions(): the device's RMRRs (direct) and the interrupt window; an ISA
         bridge also gets the floppy window."""
@@ -503,6 +536,7 @@ class AmdDriver(IommuDriver):
     """AMD-Vi (amd/iommu.c)."""
 
     name = "amd"
+    static_caps: ClassVar[dict[int, bool]] = {IOMMU_CAP_NOEXEC: False, IOMMU_CAP_ENFORCE_CACHE_COHERENCY: True}
 
     def _v1(self, unit: IommuUnit, flags: int) -> PagingDomain:
         # amd_iommu_domain_alloc_paging_v1()
@@ -539,6 +573,10 @@ class AmdDriver(IommuDriver):
             raise UapiError(errno.EOPNOTSUPP, f"AMD: flag combination {flags:#x}")
         return self._v1(unit, flags)
 
+    def enforce_cache_coherency(self, domain: PagingDomain) -> bool | None:
+        """amd_iommu_enforce_cache_coherency(): IOMMU_PTE_FC is always set."""
+        return True
+
     def get_resv_regions(self, dev: IommuDevice) -> list[ResvRegion]:
         unit = self._unit(dev)
         unity = [(r.start, r.start + r.length, r.prot) for r in dev.resv]
@@ -549,6 +587,7 @@ class SmmuV3Driver(IommuDriver):
     """Arm SMMUv3 (arm-smmu-v3.c) with io-pgtable-arm LPAE tables."""
 
     name = "arm-smmu-v3"
+    static_caps: ClassVar[dict[int, bool]] = {IOMMU_CAP_NOEXEC: True, IOMMU_CAP_DEFERRED_FLUSH: True}
 
     def domain_alloc_paging_flags(self, dev: IommuDevice, flags: int = 0,
                                   data: Mapping[str, Any] | None = None) -> PagingDomain:
@@ -580,6 +619,14 @@ class SmmuV3Driver(IommuDriver):
         if domain.home is not None and domain.home is not dev.unit:
             raise UapiError(errno.EINVAL, f"{domain!r} belongs to another SMMU")
 
+    def enforce_cache_coherency(self, domain: PagingDomain) -> bool | None:
+        """arm_smmu_enforce_cache_coherency(): every attached master must be able to force write-back
+        (arm_smmu_master_canwbs: the unit's ``canwbs`` fact)."""
+        if not all(u.caps.extra.get("canwbs", False) for u in self._units_of(domain)):
+            return False
+        domain.force_snooping = True
+        return True
+
     def get_resv_regions(self, dev: IommuDevice) -> list[ResvRegion]:
         return arm_smmu_resv_regions(platform=dev.resv)
 
@@ -590,6 +637,7 @@ class RiscvDriver(IommuDriver):
 
     name = "riscv"
     pasid_ops = False
+    has_capable = False
 
     def domain_alloc_paging_flags(self, dev: IommuDevice, flags: int = 0,
                                   data: Mapping[str, Any] | None = None) -> PagingDomain:
@@ -665,7 +713,7 @@ class MockDriver(IommuDriver):
             self._pasid_1024_armed.add(key)
 
     def capable(self, dev: IommuDevice, cap: int) -> bool:
-        """mock_domain_capable()."""
+        """mock_domain_capable(): cache coherency, and dirty tracking unless the device is NO_DIRTY."""
         if cap == IOMMU_CAP_CACHE_COHERENCY:
             return True
         if cap == IOMMU_CAP_DIRTY_TRACKING:
@@ -676,7 +724,8 @@ class MockDriver(IommuDriver):
 # ---------------------------------------------------------------------- unit presets
 PRESETS: Final[dict[str, tuple[type[IommuDriver], IommuCaps]]] = {
     "intel": (IntelDriver, IommuCaps("intel", ("x86_64", "vtdss"), ias=48, oas=46, pasid_bits=20, dirty=True,
-                                     nesting=True, ats=True, pri=True, sva=True, superpages=(21, 30))),
+                                     nesting=True, ats=True, pri=True, sva=True, superpages=(21, 30),
+                                     extra={"enforce_coherency": True})),  # ECAP.SC
     "amd": (AmdDriver, IommuCaps("amd", ("amdv1", "x86_64"), ias=64, oas=52, pasid_bits=16, dirty=True,
                                  nesting=False, ats=True, pri=True, sva=True,
                                  superpages=tuple(range(13, 52)))),

@@ -187,10 +187,10 @@ class IommuUnit:
         """Domain-selective invalidation: every PASID of ``did`` (VT-d DSI)."""
         self.iotlb.invalidate_tags(lambda t: t >> PASID_TAG_BITS == did)
 
-    def iotlb_flush_pasid(self, pasid: int) -> None:
-        """Every entry tagged with ``pasid``, any domain."""
-        mask = (1 << PASID_TAG_BITS) - 1
-        self.iotlb.invalidate_tags(lambda t: t & mask == pasid)
+    def iotlb_flush_pasid(self, did: int, pasid: int) -> None:
+        """PASID-selective-within-domain invalidation: every address of (did, pasid) (VT-d P_IOTLB
+        with G=01b, qi_desc_piotlb_all())."""
+        self.iotlb.invalidate(0, 1 << 64, tag=iotlb_tag(did, pasid))
 
     def iotlb_flush_all(self) -> None:
         """Global invalidation."""
@@ -203,6 +203,16 @@ class IommuUnit:
             return
         self.ats_invalidations += 1
         dev.atc.invalidate(lo, hi, tag=pasid)
+
+    def devtlb_invalidate_all(self, dev: IommuDevice) -> None:
+        """An ATS Invalidate Request with Global Invalidate: every PASID of ``dev``'s ATC (only sent to
+        functions whose ATS capability advertises Global Invalidate Supported, PCIe §10.3.8)."""
+        if dev.atc is None or not dev.ats_enabled:
+            return
+        if not dev.ats_global_invalidate:
+            raise VfiolabError(f"{dev.name}: ATS Global Invalidate is not supported")
+        self.ats_invalidations += 1
+        dev.atc.flush_all()
 
     # ------------------------------------------------------------------ hardware: page requests
     def page_request(self, dev: IommuDevice, req: Any) -> None:
