@@ -631,3 +631,33 @@ def test_copy_sweep(s: Self) -> None:
     env.fd.destroy(dst)
 
 
+
+
+@kselftest(FIXTURE, ALL)
+def test_dmabuf_simple(s: Self) -> None:
+    env = s.env
+    size = PAGE_SIZE * 4
+    dfd = env.test.dmabuf_get(size)
+    for start, length in ((0, 0), (size, size), (0, size + 1)):  # nothing, or beyond the buffer
+        with expect_errno(errno.EINVAL):
+            env.map_file(dfd, start, length)
+    env.map_file(dfd, 0, size)
+    env.task.close(dfd)
+
+
+@kselftest(FIXTURE, ALL)
+def test_dmabuf_revoke(s: Self) -> None:
+    env = s.env
+    size = PAGE_SIZE * 4
+    dfd = env.test.dmabuf_get(size)
+    iova = env.map_file(dfd, 0, size)
+    env.test.dmabuf_revoke(dfd, True)
+    if s.v.mock_domains:  # a new domain over a revoked map
+        env.fd.hwpt_alloc(s.device_id, s.ioas_id)
+    with expect_errno(errno.ENODEV):
+        env.map_file(dfd, 0, size)
+    env.test.dmabuf_revoke(dfd, False)
+    env.map_file(dfd, 0, size)
+    env.unmap(iova, size)  # the IOVA comes back
+    env.map_file(dfd, 0, size, iova=iova)
+    env.task.close(dfd)

@@ -195,3 +195,22 @@ def test_destroy_of_a_bound_device_is_ebusy(fd: Iommufd) -> None:
     assert _errno(fd.destroy, out.hwpt_id) == errno.EBUSY  # the device is attached
     fd.destroy(out.stdev_id)
     assert _errno(fd.destroy, out.hwpt_id) == errno.ENOENT  # the auto domain went with it
+
+
+def test_dmabuf_maps_mmio_and_revoke_unmaps(fd: Iommufd) -> None:
+    """A dma-buf map translates to the exporter's memory without pins; revoking unmaps it from every
+    domain, and a domain added later maps nothing for it (pages.c iopt_revoke_notify)."""
+    ioas = fd.ioas_alloc()
+    a = fd.test.mock_domain(ioas)
+    dfd = fd.test.dmabuf_get(4 * PAGE)
+    buf = fd.current.fds[dfd]
+    iova = fd.ioas_map_file(ioas, dfd, PAGE, 2 * PAGE)
+    dom = fd.object(a.hwpt_id).domain  # type: ignore[attr-defined]
+    assert dom.iova_to_phys(iova) == buf.paddr + PAGE  # type: ignore[attr-defined]
+    assert fd.process.pinned_pages == 0 and Task.of(fd.process).pinned_vm == 0
+    fd.test.dmabuf_revoke(dfd, True)
+    assert dom.iova_to_phys(iova) == 0
+    hwpt = fd.hwpt_alloc(a.idev_id, ioas)
+    assert fd.object(hwpt).domain.iova_to_phys(iova) == 0  # type: ignore[attr-defined]
+    fd.ioas_unmap(ioas, iova, 2 * PAGE)
+    fd.current.close(dfd)

@@ -191,9 +191,15 @@ def _map_small(domain: Domain, iova: int, pa: int, size: int, prot: int) -> None
         pt.pgsize_bitmap = saved
 
 
+IOMMU_CACHE: Final = 1 << 2
+IOMMU_MMIO: Final = 1 << 4
+
+
 def batch_to_domain(domain: Domain, area: IoptArea, first_index: int, frames: npt.NDArray[np.int64],
-                    small: bool) -> None:
-    """batch_to_domain(): one iommu_map() per physically contiguous run; undone on failure."""
+                    small: bool, mmio: bool = False) -> None:
+    """batch_to_domain(): one iommu_map() per physically contiguous run; undone on failure.  MMIO
+    (dma-buf) batches map uncached (IOMMU_MMIO instead of IOMMU_CACHE)."""
+    prot = (area.iommu_prot & ~IOMMU_CACHE) | IOMMU_MMIO if mmio else area.iommu_prot
     page_offset = area.page_offset if first_index == area.index else 0
     iova = start_iova = area.index_to_iova(first_index)
     next_iova = iova
@@ -202,9 +208,9 @@ def batch_to_domain(domain: Domain, area: IoptArea, first_index: int, frames: np
             next_iova = min(area.last + 1, next_iova + n * PAGE_SIZE - page_offset)
             pa = int(frames[s]) * PAGE_SIZE + page_offset
             if small:
-                _map_small(domain, iova, pa, next_iova - iova, area.iommu_prot)
+                _map_small(domain, iova, pa, next_iova - iova, prot)
             else:
-                domain.map(iova, pa, next_iova - iova, area.iommu_prot)
+                domain.map(iova, pa, next_iova - iova, prot)
             iova = next_iova
             page_offset = 0
     except UapiError:
@@ -586,6 +592,9 @@ class IoPagetable:
         """iopt_area_fill_domains(): load a new area into every domain (pinning it); all or nothing."""
         if not self.domains:
             return
+        if pages.kind == AddressType.DMABUF:
+            self._dmabuf_fill_domains(area, pages)
+            return
         frames = pages.hold(area.index, area.last_index)
         done: list[Any] = []
         try:
@@ -599,9 +608,32 @@ class IoPagetable:
             raise
         area.storage_domain = self.domains[0]
 
+    def _dmabuf_fill_domains(self, area: IoptArea, pages: IoptPages) -> None:
+        # iopt_dmabuf_track_all_domains(), then the MMIO PFNs into each domain unless revoked
+        done: list[Any] = []
+        try:
+            if not pages.revoked:
+                frames = pages.dmabuf_frames(area.index, area.last_index)
+                for d in self.domains:
+                    batch_to_domain(d, area, area.index, frames, self.disable_large_pages, mmio=True)
+                    done.append(d)
+        except UapiError:
+            for d in done:
+                d.unmap(area.iova, area.length)
+            raise
+        pages.tracker += [(d, area) for d in self.domains]
+        area.storage_domain = self.domains[0]
+
     def area_unfill_domains(self, area: IoptArea, pages: IoptPages) -> None:
         """iopt_area_unfill_domains(): unmap the area from every domain and unpin what is unheld."""
         if area.storage_domain is None:
+            return
+        if pages.kind == AddressType.DMABUF:
+            if not pages.revoked:
+                for d in self.domains:
+                    d.unmap(area.iova, area.length)
+            pages.tracker = [t for t in pages.tracker if t[1] is not area]
+            area.storage_domain = None
             return
         for d in self.domains:
             d.unmap(area.iova, area.length)
@@ -639,7 +671,14 @@ class IoPagetable:
                 pages = area.pages
                 if pages is None:
                     continue
-                if area.storage_domain is None:
+                if pages.kind == AddressType.DMABUF:  # iopt_dmabuf_track_domain() + map unless revoked
+                    if not pages.revoked:
+                        batch_to_domain(domain, area, area.index, pages.dmabuf_frames(area.index, area.last_index),
+                                        self.disable_large_pages, mmio=True)
+                    pages.tracker.append((domain, area))
+                    if area.storage_domain is None:
+                        area.storage_domain = domain
+                elif area.storage_domain is None:
                     frames = pages.hold(area.index, area.last_index)
                     try:
                         batch_to_domain(domain, area, area.index, frames, self.disable_large_pages)
@@ -653,10 +692,19 @@ class IoPagetable:
                 done.append(area)
         except UapiError:
             for area in done:
+                pages = area.pages
+                assert pages is not None
+                if pages.kind == AddressType.DMABUF:
+                    if not pages.revoked:
+                        domain.unmap(area.iova, area.length)
+                    pages.tracker = [t for t in pages.tracker if t != (domain, area)]
+                    if first:
+                        area.storage_domain = None
+                    continue
                 domain.unmap(area.iova, area.length)
-                if first and area.pages is not None:
+                if first:
                     area.storage_domain = None
-                    area.pages.release(area.index, area.last_index)
+                    pages.release(area.index, area.last_index)
             raise
 
     def table_remove_domain(self, domain: Any) -> None:
@@ -667,10 +715,18 @@ class IoPagetable:
         tail = self.domains.pop()
         if idx != len(self.domains):
             self.domains[idx] = tail
+        for area in self.areas:  # dma-buf areas: unmap unless revoked, stop tracking the domain
+            pages = area.pages
+            if pages is not None and pages.kind == AddressType.DMABUF:
+                if not pages.revoked:
+                    domain.unmap(area.iova, area.length)
+                pages.tracker = [t for t in pages.tracker if t != (domain, area)]
+                if area.storage_domain is domain:
+                    area.storage_domain = self.domains[0] if self.domains else None
         if self.domains:  # iopt_unfill_domain(): another domain keeps the PFNs
             storage = self.domains[0]
             for area in self.areas:
-                if area.pages is None:
+                if area.pages is None or area.pages.kind == AddressType.DMABUF:
                     continue
                 if area.storage_domain is domain:
                     area.storage_domain = storage
@@ -678,7 +734,7 @@ class IoPagetable:
         else:
             for area in self.areas:
                 pages = area.pages
-                if pages is None:
+                if pages is None or pages.kind == AddressType.DMABUF:
                     continue
                 area.storage_domain = None
                 domain.unmap(area.iova, area.length)

@@ -237,6 +237,22 @@ class Iommufd:
         returned; an int is a pointer into the calling process (0 is NULL) and the ioctl's return value
         comes back; None is NULL.  VFIO_SET_IOMMU / VFIO_CHECK_EXTENSION take their int argument as a
         value, like the kernel."""
+        rc, local = self._guarded(cmd, arg)
+        if local is None:
+            return rc
+        if isinstance(arg, bytearray):
+            arg[:] = local.data
+        return bytes(local.data)
+
+    def ioctl_rc(self, cmd: int, arg: bytearray) -> int:
+        """ioctl(2) on a struct given as a bytearray (updated in place), returning the ioctl's value
+        (e.g. the fd IOMMU_TEST_OP_DMABUF_GET returns)."""
+        rc, local = self._guarded(cmd, arg)
+        assert local is not None
+        arg[:] = local.data
+        return rc
+
+    def _guarded(self, cmd: int, arg: bytes | bytearray | int | None) -> tuple[int, LocalBuffer | None]:
         try:
             return self._ioctl(cmd, arg)
         except UapiError:
@@ -244,28 +260,22 @@ class Iommufd:
         except (ValueError, struct.error, OverflowError) as e:  # malformed arguments from the caller
             raise UapiError(errno.EINVAL, f"bad ioctl argument: {e}") from None
 
-    def _ioctl(self, cmd: int, arg: bytes | bytearray | int | None) -> bytes | int:
+    def _ioctl(self, cmd: int, arg: bytes | bytearray | int | None) -> tuple[int, LocalBuffer | None]:
         op = self._op_for(cmd)
+        local: LocalBuffer | None = None
+        ubuf: UserBuffer | None = None
         if isinstance(arg, (bytes, bytearray)):
             local = LocalBuffer(arg)
-            ubuf: UserBuffer | None = local
-        elif arg is None or arg == 0:
-            local, ubuf = None, None
-        else:
-            local, ubuf = None, ProcessBuffer(self.current.process, arg)
+            ubuf = local
+        elif arg is not None and arg != 0:
+            ubuf = ProcessBuffer(self.current.process, arg)
         if op is None:
             from vfiolab.iommufd.vfio_compat import vfio_ioctl
             value = arg if isinstance(arg, int) else 0
-            rc = vfio_ioctl(self, cmd, value, ubuf)
-            return bytes(local.data) if local is not None else rc
+            return vfio_ioctl(self, cmd, value, ubuf), local
         if ubuf is None:
             raise UapiError(errno.EFAULT, "NULL argument")
-        rc = self._run(op, ubuf, cmd)
-        if local is not None:
-            if isinstance(arg, bytearray):
-                arg[:] = local.data
-            return bytes(local.data)
-        return rc
+        return self._run(op, ubuf, cmd), local
 
     def call(self, name: str, fields: Mapping[str, int]) -> dict[str, int]:
         """Run ioctl ``name`` on a struct of exactly ``sizeof`` bytes built from ``fields`` and return the

@@ -46,6 +46,7 @@ from vfiolab.iommufd.device import (
 from vfiolab.iommufd.hw_pagetable import INVALIDATE_OPS, NESTED_DATA, PAGING_DATA, HwPagetable, UserData
 from vfiolab.iommufd.ioas import get_ioas
 from vfiolab.iommufd.objects import IommufdObject, ObjType
+from vfiolab.iommufd.pages import IoptPages, alloc_dmabuf_pages
 from vfiolab.iommufd.uapi import PAGE_SIZE, ULONG_MAX, CStruct
 from vfiolab.iommufd.ucmd import ProcessBuffer, Ucmd, copy_struct_from_user
 from vfiolab.memory import MAP_HUGETLB, PhysMemory, UserProcess
@@ -162,6 +163,51 @@ class SelftestAccess:
             self.unmap(0, ULONG_MAX)
             access_destroy(self.access)
             self.access = None
+
+
+class SelftestDmaBuf:
+    """struct iommufd_test_dma_buf and its dma_buf: ``length`` bytes of physically contiguous memory
+    an importer maps as MMIO; revoking invalidates every importer's mappings."""
+
+    def __init__(self, mem: PhysMemory, length: int) -> None:
+        self.mem = mem
+        self.size = length
+        self.frames = mem.alloc_frames(length // PAGE_SIZE, contiguous=True)
+        self.paddr = int(self.frames[0]) * PAGE_SIZE
+        self.revoked = False
+        self.attachments: list[IoptPages] = []
+        self.refs = 1  # the fd
+
+    def iommufd_pages(self, ictx: Iommufd, start: int, length: int, writable: bool) -> tuple[IoptPages, int]:
+        """iopt_alloc_dmabuf_pages() + iopt_map_dmabuf(): attach, then ENODEV while revoked."""
+        pages, start_byte = alloc_dmabuf_pages(ictx.current, self, start, length, writable)
+        if self.revoked:  # iommufd_test_dma_buf_iommufd_map()
+            pages.dmabuf = None
+            raise UapiError(errno.ENODEV, "dma-buf revoked")
+        self.attachments.append(pages)
+        self.refs += 1
+        return pages, start_byte
+
+    def detach(self, pages: IoptPages) -> None:
+        """dma_buf_detach() + dma_buf_put() from iopt_release_pages()."""
+        if pages in self.attachments:
+            self.attachments.remove(pages)
+            self._put()
+
+    def release(self) -> None:
+        """close() of the dma-buf fd."""
+        self._put()
+
+    def _put(self) -> None:
+        self.refs -= 1
+        if not self.refs:  # iommufd_test_dma_buf_release()
+            self.mem.free_frames(self.frames)
+
+    def set_revoked(self, revoked: bool) -> None:
+        """iommufd_test_dmabuf_revoke(): dma_buf_invalidate_mappings() revokes every live importer."""
+        self.revoked = revoked
+        for pages in list(self.attachments):
+            pages.revoke()
 
 
 def _selftest(ictx: Iommufd) -> MockIommu:
@@ -640,6 +686,19 @@ def test_cmd(ucmd: Ucmd) -> int:
     if op == uapi.IOMMU_TEST_OP_PASID_CHECK_HWPT:
         _pasid_check_hwpt(ictx, oid, m["pasid"], m["hwpt_id"])
         return 0
+    if op == uapi.IOMMU_TEST_OP_DMABUF_GET:  # iommufd_test_dmabuf_get(): returns the fd
+        length = -(-m["length"] // PAGE_SIZE) * PAGE_SIZE
+        if length == 0 or length > PAGE_SIZE * 512:
+            raise UapiError(errno.EINVAL, f"dma-buf length {m['length']:#x}")
+        return ictx.current.fd_install(SelftestDmaBuf(_selftest(ictx).mem, length))
+    if op == uapi.IOMMU_TEST_OP_DMABUF_REVOKE:
+        f = ictx.current.fget(m["dmabuf_fd"])
+        if not hasattr(f, "iommufd_pages"):
+            raise UapiError(errno.EINVAL, f"fd {m['dmabuf_fd']} is not a dma-buf")  # dma_buf_get()
+        if not isinstance(f, SelftestDmaBuf):
+            raise UapiError(errno.EOPNOTSUPP, "not the selftest's dma-buf")
+        f.set_revoked(bool(m["revoked"]))
+        return 0
     raise UapiError(errno.EOPNOTSUPP, f"test op {op} ({name}) is not modelled yet")
 
 
@@ -660,6 +719,9 @@ class SelftestOps:
         self.ictx = ictx
 
     def _call(self, op: int, oid: int = 0, **member: int) -> dict[str, int]:
+        return self._call_rc(op, oid, **member)[1]
+
+    def _call_rc(self, op: int, oid: int = 0, **member: int) -> tuple[int, dict[str, int]]:
         name = _member_name(op)
         assert name is not None
         mst = uapi.TEST_CMD_MEMBERS[name]
@@ -667,8 +729,16 @@ class SelftestOps:
         buf = bytearray(st.pack(size=st.size, op=op, id=oid))
         base = uapi.TEST_CMD_UNION_OFFSET
         buf[base:base + mst.size] = mst.pack(member)
-        self.ictx.ioctl(uapi.IOMMU_TEST_CMD, buf)
-        return mst.unpack(bytes(buf[base:base + mst.size]))
+        rc = self.ictx.ioctl_rc(uapi.IOMMU_TEST_CMD, buf)
+        return rc, mst.unpack(bytes(buf[base:base + mst.size]))
+
+    def dmabuf_get(self, length: int, open_flags: int = 0o2000000) -> int:
+        """IOMMU_TEST_OP_DMABUF_GET: the new dma-buf fd (O_CLOEXEC by default)."""
+        return self._call_rc(uapi.IOMMU_TEST_OP_DMABUF_GET, 0, length=length, open_flags=open_flags)[0]
+
+    def dmabuf_revoke(self, dmabuf_fd: int, revoked: bool) -> None:
+        """IOMMU_TEST_OP_DMABUF_REVOKE."""
+        self._call(uapi.IOMMU_TEST_OP_DMABUF_REVOKE, 0, dmabuf_fd=dmabuf_fd, revoked=int(revoked))
 
     def add_reserved(self, ioas_id: int, start: int, length: int) -> None:
         """IOMMU_TEST_OP_ADD_RESERVED."""

@@ -18,7 +18,7 @@ from __future__ import annotations
 import enum
 import errno
 from collections.abc import Iterator
-from typing import Final
+from typing import Any, Final, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -153,6 +153,12 @@ class IoptPages:
         self.last_npinned = 0
         self.accesses: dict[tuple[int, int], int] = {}
         """access_itree: (start_index, last_index) -> users."""
+        self.dmabuf: DmaBufExporter | None = None
+        """IOPT_ADDRESS_DMABUF: the exporter; ``start`` is the page-aligned offset into it."""
+        self.revoked = False
+        """IOPT_ADDRESS_DMABUF: the exporter revoked the memory (dmabuf.phys.len == 0)."""
+        self.tracker: list[tuple[Any, Any]] = []
+        """IOPT_ADDRESS_DMABUF: (domain, area) pairs mapped, for revocation (pages->dmabuf.tracker)."""
 
     @property
     def mem(self) -> PhysMemory:
@@ -164,10 +170,29 @@ class IoptPages:
         return self
 
     def put(self) -> None:
-        """iopt_put_pages(): the last reference must find nothing pinned (iopt_release_pages)."""
+        """iopt_put_pages(): the last reference must find nothing pinned (iopt_release_pages); a
+        dma-buf is detached and put."""
         self.refs -= 1
         if self.refs == 0 and self.npinned:
             raise UapiError(errno.EBUSY, "iopt_pages released with pinned pages")  # a model bug
+        if self.refs == 0 and self.dmabuf is not None:
+            self.dmabuf.detach(self)
+            self.dmabuf = None
+
+    # ------------------------------------------------------------------ dma-buf (MMIO) PFNs
+    def dmabuf_frames(self, first: int, last: int) -> I64:
+        """pfn_reader_fill_dmabuf(): the exporter's physically contiguous PFNs, never pinned."""
+        assert self.dmabuf is not None
+        base = (self.dmabuf.paddr + self.start) >> FRAME_SHIFT
+        return np.arange(base + first, base + last + 1, dtype=np.int64)
+
+    def revoke(self) -> None:
+        """iopt_revoke_notify(): unmap every tracked (domain, area) and mark the pages revoked."""
+        if self.revoked:
+            return
+        for domain, area in self.tracker:
+            domain.unmap(area.iova, area.length)
+        self.revoked = True
 
     # ------------------------------------------------------------------ pinning
     def _pin_range(self, first: int, n: int) -> I64:
@@ -355,6 +380,27 @@ class IoptPages:
         """change_mm(): the pages now belong to ``task`` (IOMMU_IOAS_CHANGE_PROCESS)."""
         self.source = task
         self.source_user = task.user
+
+
+class DmaBufExporter(Protocol):
+    """What an exporter gives iommufd (``dma_buf_attach`` + ``vfio_pci_dma_buf_iommufd_map``)."""
+
+    size: int
+    paddr: int
+
+    def detach(self, pages: IoptPages) -> None: ...
+
+
+def alloc_dmabuf_pages(task: Task, dmabuf: DmaBufExporter, start: int, length: int,
+                       writable: bool) -> tuple[IoptPages, int]:
+    """iopt_alloc_dmabuf_pages(): EINVAL past the buffer; no pin accounting for MMIO."""
+    if dmabuf.size <= start + length - 1 or length // PAGE_SIZE >= 0xFFFFFFFF:
+        raise UapiError(errno.EINVAL, f"[{start:#x}, +{length:#x}) past the {dmabuf.size:#x}-byte dma-buf")
+    start_byte = start % PAGE_SIZE
+    pages = IoptPages(task, AddressType.DMABUF, start_byte, length, writable, start=start - start_byte)
+    pages.account_mode = IOPT_PAGES_ACCOUNT_NONE
+    pages.dmabuf = dmabuf
+    return pages, start_byte
 
 
 def alloc_user_pages(task: Task, uptr: int, length: int, writable: bool) -> tuple[IoptPages, int]:
