@@ -152,7 +152,7 @@ class PageTableModel(RuleBasedStateMachine):
 
 def _machine(name: str, make_fmt: object, arm: bool = False) -> type[RuleBasedStateMachine]:
     cls = type(name, (PageTableModel,), {"make_fmt": staticmethod(make_fmt), "arm": arm})
-    return settings(max_examples=25, stateful_step_count=25, deadline=None)(cls)  # type: ignore[no-any-return]
+    return settings(max_examples=20, stateful_step_count=25, deadline=None)(cls)  # type: ignore[no-any-return]
 
 
 TestAmdV1 = _machine("AmdV1Model", lambda: AmdV1()).TestCase
