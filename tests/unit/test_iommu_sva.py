@@ -147,3 +147,20 @@ def test_sva_needs_unit_support() -> None:
     with pytest.raises(UapiError) as err:
         iommu_sva_bind_device(dev, Mm(UserProcess(mem), pasids=PasidIda()))
     assert err.value.errno == errno.EOPNOTSUPP
+
+
+def test_invalidate_range_drops_only_that_range(env: tuple[PhysMemory, IommuUnit, UserProcess, Mm]) -> None:
+    _mem, unit, proc, mm = env
+    dev = device(unit, 0x39, pri=False)
+    va = proc.mmap(0x10000)
+    proc.write(va, b"a" * 0x10000)
+    h = iommu_sva_bind_device(dev, mm)
+    assert mm.populate() == 16
+    port = DmaPort(dev)
+    assert port.dma_read(va, 0x10000, pasid=h.pasid) == b"a" * 0x10000
+    mm.invalidate_range(va + 0x4000, va + 0x8000)
+    assert port.dma_read(va, 0x4000, pasid=h.pasid) == b"a" * 0x4000
+    assert port.dma_read(va + 0x8000, 0x8000, pasid=h.pasid) == b"a" * 0x8000
+    with pytest.raises(DmaFault) as err:
+        port.dma_read(va + 0x5000, 1, pasid=h.pasid)
+    assert err.value.record.reason == FaultReason.NOT_PRESENT

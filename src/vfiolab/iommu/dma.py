@@ -23,6 +23,7 @@ from vfiolab.errors import VfiolabError
 from vfiolab.iommu.atc import translated_request_allowed, translation_request
 from vfiolab.iommu.device import IommuDevice
 from vfiolab.iommu.fault import DmaStalled, FaultReason
+from vfiolab.iommu.iotlb import Run
 from vfiolab.iommu.pasid import PASID_MAX_WIDTH
 from vfiolab.iommu.pri import IOMMU_PAGE_RESP_INVALID, IOMMU_PAGE_RESP_SUCCESS, perm_for
 from vfiolab.iommu.unit import IommuUnit, append_piece
@@ -162,7 +163,7 @@ class DmaPort:
             raise unit.fault(dev.rid, p, iova, write, FaultReason.BAD_PA)
         return out
 
-    def _translate_page(self, unit: IommuUnit, p: int, pos: int, end: int, write: bool):  # type: ignore[no-untyped-def]
+    def _translate_page(self, unit: IommuUnit, p: int, pos: int, end: int, write: bool) -> Run:
         """Translation Request for ``pos``; on a completion without access, page requests (PRI) and a
         retry; DmaFault when the access cannot be satisfied, DmaStalled while responses are pending."""
         dev = self.dev

@@ -18,6 +18,9 @@ import errno
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
+import numpy as np
+import numpy.typing as npt
+
 from vfiolab.errors import UapiError
 from vfiolab.iommu.domain import IOMMU_DOMAIN_SVA, MODE_TRANSLATE, IommuDomain
 from vfiolab.iommu.fault import IOMMU_FAULT_PERM_EXEC, IOMMU_FAULT_PERM_READ, IOMMU_FAULT_PERM_WRITE
@@ -53,6 +56,7 @@ class Mm:
         # arch/x86: 4-level paging, 48-bit canonical addresses
         self.pt = PageTable(X86_64(top_level=3, hw_max_vasz_lg2=48, features=frozenset({SIGN_EXTEND, FLUSH_RANGE})),
                             proc.mem)
+        self.pt.pgsize_bitmap = FRAME_SIZE  # 4 KiB PTEs, as faults install them (hugetlb's 2 MiB not modelled)
         self.ida = pasids if pasids is not None else GLOBAL_PASIDS
         self.pasid = IOMMU_PASID_INVALID
         """mm->iommu_mm->pasid (allocated by the first bind)."""
@@ -82,43 +86,70 @@ class Mm:
         return True
 
     def _install(self, page: int, pa: int, prot: int) -> None:
-        old = self.pt.iova_to_phys(page)
-        if old:
+        if self.pt.iova_to_phys(page):  # replacing a PTE: the old one may be cached by devices
             self.pt.unmap(page, FRAME_SIZE)
             self.pt.flushes.clear()
             self._flush_secondary(page, page + FRAME_SIZE - 1)
         self.pt.map(page, pa, FRAME_SIZE, prot)
 
     def populate(self) -> int:
-        """Install every page the process has resident (what CPU faults would have installed);
-        returns how many pages were installed."""
+        """Install every page the process has resident (what CPU faults would have installed), one map
+        per run of consecutive pages on consecutive frames; returns how many pages were installed."""
         n = 0
         for vma in self.proc.vmas:
-            pages = vma.pages
-            for k in range(len(pages)):
-                frame = int(pages[k])
-                if frame < 0 and vma.file is not None:
-                    idx = vma.pgoff + k
-                    frame = int(vma.file.frames[idx]) if idx < len(vma.file.frames) else -1
-                    writable = bool(vma.prot & PROT_WRITE) and vma.shared_file
-                else:
-                    writable = bool(vma.prot & PROT_WRITE)
-                if frame < 0 or not vma.prot & (PROT_READ | PROT_WRITE):
-                    continue
-                va = vma.start + k * FRAME_SIZE
-                self._install(va, frame * FRAME_SIZE, IOMMU_READ | (IOMMU_WRITE if writable else 0))
-                n += 1
+            if not vma.prot & (PROT_READ | PROT_WRITE):
+                continue
+            own = vma.pages
+            frames = own.copy()
+            writable = np.full(len(frames), bool(vma.prot & PROT_WRITE))
+            if vma.file is not None:  # pages not copied on write are the file's
+                idx = vma.pgoff + np.arange(len(frames))
+                ffr = np.full(len(frames), -1, dtype=np.int64)
+                ok = idx < len(vma.file.frames)
+                ffr[ok] = vma.file.frames[idx[ok]]
+                from_file = own < 0
+                frames[from_file] = ffr[from_file]
+                if not vma.shared_file:
+                    writable &= ~from_file  # copy-on-write still pending
+            if self._unmap_range(vma.start, vma.end):
+                self._flush_secondary(vma.start, vma.end - 1)
+            n += self._install_runs(vma.start, frames, writable)
         return n
+
+    def _install_runs(self, start: int, frames: npt.NDArray[np.int64], writable: npt.NDArray[np.bool_]) -> int:
+        """Map pages i of an (unmapped) VMA at ``start`` to ``frames[i]`` (>= 0), in runs of consecutive
+        frames with one permission."""
+        k = np.flatnonzero(frames >= 0)
+        if not len(k):
+            return 0
+        brk = np.flatnonzero((np.diff(k) != 1) | (np.diff(frames[k]) != 1) | (writable[k][1:] != writable[k][:-1]))
+        firsts = np.concatenate(([0], brk + 1))
+        lasts = np.concatenate((brk, [len(k) - 1]))
+        for a, b in zip(firsts.tolist(), lasts.tolist()):
+            va = start + int(k[a]) * FRAME_SIZE
+            length = (b - a + 1) * FRAME_SIZE
+            prot = IOMMU_READ | (IOMMU_WRITE if writable[k[a]] else 0)
+            self.pt.map(va, int(frames[k[a]]) * FRAME_SIZE, length, prot)
+        return len(k)
+
+    def _unmap_range(self, start: int, end: int) -> bool:
+        """Remove whatever the CPU table maps in [start, end); True when something was mapped."""
+        runs: list[list[int]] = []
+        for va, size, _ in self.pt.leaves():
+            if va < end and start < va + size:
+                if runs and runs[-1][1] == va:
+                    runs[-1][1] = va + size  # unmap stops only at holes: one call per mapped stretch
+                else:
+                    runs.append([va, va + size])
+        for lo, hi in runs:
+            self.pt.unmap(lo, hi - lo)
+        self.pt.flushes.clear()
+        return bool(runs)
 
     def invalidate_range(self, start: int, end: int) -> None:
         """mmu_notifier invalidate of [start, end): drop the CPU PTEs, then the device caches
         (arch_invalidate_secondary_tlbs -> cache_tag_flush_range of every SVA domain)."""
-        page = start & ~(FRAME_SIZE - 1)
-        while page < end:
-            if self.pt.iova_to_phys(page):
-                self.pt.unmap(page, FRAME_SIZE)
-            page += FRAME_SIZE
-        self.pt.flushes.clear()
+        self._unmap_range(start & ~(FRAME_SIZE - 1), end)
         self._flush_secondary(start, end - 1)
 
     def _flush_secondary(self, start: int, last: int) -> None:
