@@ -11,10 +11,10 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from catalogue import RUN_IN_ID, all_runs, not_ported  # noqa: E402
-from kself import Env  # noqa: E402
+from catalogue import RUN_IN_ID, all_runs, not_ported
+from kself import Env
 
-from vfiolab.memory import PhysMemory  # noqa: E402
+from vfiolab.memory import PhysMemory
 
 _results: dict[str, str] = {}
 

@@ -15,8 +15,18 @@ import pytest
 
 from vfiolab.errors import UapiError
 from vfiolab.iommufd import Iommufd, MockIommu, Task, uapi
-from vfiolab.memory import (MAP_ANONYMOUS, MAP_FIXED, MAP_HUGETLB, MAP_PRIVATE, MAP_SHARED, PROT_READ, PROT_WRITE,
-                            MemFile, PhysMemory, UserProcess)
+from vfiolab.memory import (
+    MAP_ANONYMOUS,
+    MAP_FIXED,
+    MAP_HUGETLB,
+    MAP_PRIVATE,
+    MAP_SHARED,
+    PROT_READ,
+    PROT_WRITE,
+    MemFile,
+    PhysMemory,
+    UserProcess,
+)
 
 PAGE_SIZE: Final = 4096
 BUFFER_SIZE: Final = 16 * PAGE_SIZE
@@ -51,7 +61,8 @@ class Env:
         self.fd = Iommufd(self.proc, selftest=self.mock)
         # MAP_SHARED|MAP_ANONYMOUS memory is shmem: model it as a shmem file so a fork() shares it
         self.shm = MemFile(mem, BUFFER_SIZE, name="dev/zero (deleted)")
-        self.buffer = self.proc.mmap(BUFFER_SIZE, PROT_RW, MAP_SHARED | MAP_FIXED, addr=BUFFER_VA, file=self.shm)
+        self.buffer = self.proc.mmap(BUFFER_SIZE, PROT_RW, MAP_SHARED | MAP_FIXED, addr=BUFFER_VA,
+                                     file=self.shm)
         self.mfile = MemFile(mem, BUFFER_SIZE, name="buffer")
         self.mfd = self.task.fd_install(self.mfile)
         self.mfd_buffer = self.proc.mmap(BUFFER_SIZE, PROT_RW, MAP_SHARED, file=self.mfile)
@@ -81,7 +92,8 @@ class Env:
         return self.fd.ioas_map(self.ioas_id if ioas_id is None else ioas_id, buf, length, iova=iova,
                                 flags=FIXED_RW)
 
-    def map_file(self, mfd: int, start: int, length: int, ioas_id: int | None = None, iova: int | None = None) -> int:
+    def map_file(self, mfd: int, start: int, length: int, ioas_id: int | None = None,
+                 iova: int | None = None) -> int:
         flags = MAP_RW if iova is None else FIXED_RW
         return self.fd.ioas_map_file(self.ioas_id if ioas_id is None else ioas_id, mfd, start, length,
                                      iova=iova or 0, flags=flags)
@@ -97,7 +109,8 @@ class Env:
                 self.proc.write(va + off, b"\0")
         return va
 
-    def memfd_mmap(self, length: int, prot: int = PROT_RW, flags: int = MAP_SHARED) -> tuple[int, int, MemFile]:
+    def memfd_mmap(self, length: int, prot: int = PROT_RW,
+                   flags: int = MAP_SHARED) -> tuple[int, int, MemFile]:
         """memfd_mmap(): (va, fd, file)."""
         huge = bool(flags & MAP_HUGETLB)
         mf = MemFile(self.mem, length, hugetlb=huge, name="buffer")
@@ -121,7 +134,8 @@ class Env:
         child.mmap(BUFFER_SIZE, PROT_RW, MAP_SHARED | MAP_FIXED, addr=self.mfd_buffer, file=self.mfile)
         task = Task.of(child)
         parent = self.task  # credentials and limits are inherited
-        task.uid, task.cap_ipc_lock, task.cap_sys_resource = parent.uid, parent.cap_ipc_lock, parent.cap_sys_resource
+        task.uid, task.cap_ipc_lock = parent.uid, parent.cap_ipc_lock
+        task.cap_sys_resource = parent.cap_sys_resource
         task.rlimit_memlock = parent.rlimit_memlock
         self.children.append(task)
         return task
@@ -160,12 +174,29 @@ class Env:
         self.shm.close()
 
 
-__all__ = ["BUFFER_SIZE", "Env", "FIXED_RW", "HUGEPAGE_SIZE", "MAP_ANONYMOUS", "MAP_FIXED", "MAP_HUGETLB",
-           "MAP_PRIVATE", "MAP_RW", "MAP_SHARED", "MOCK_APERTURE_LAST", "MOCK_APERTURE_START", "MOCK_PAGE_SIZE",
-           "PAGE_SIZE", "PROT_RW", "U64_MAX", "expect_errno"]
+__all__ = [
+    "BUFFER_SIZE",
+    "FIXED_RW",
+    "HUGEPAGE_SIZE",
+    "MAP_ANONYMOUS",
+    "MAP_FIXED",
+    "MAP_HUGETLB",
+    "MAP_PRIVATE",
+    "MAP_RW",
+    "MAP_SHARED",
+    "MOCK_APERTURE_LAST",
+    "MOCK_APERTURE_START",
+    "MOCK_PAGE_SIZE",
+    "PAGE_SIZE",
+    "PROT_RW",
+    "U64_MAX",
+    "Env",
+    "expect_errno",
+]
 
 
-def kselftest(fixture: str, variants: list[str] | tuple[str, ...] | None = None):  # type: ignore[no-untyped-def]
+def kselftest(fixture: str, variants: list[str] | tuple[str,
+                                                        ...] | None = None):  # type: ignore[no-untyped-def]
     """Parametrize a test over ``variants`` with pytest ids that are the harness' run names
     (``fixture.variant.test``; ``fixture.test`` without variants)."""
     from catalogue import run_name

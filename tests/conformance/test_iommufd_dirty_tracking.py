@@ -12,8 +12,20 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytest
-from kself import (HUGEPAGE_SIZE, MAP_ANONYMOUS, MAP_FIXED, MAP_HUGETLB, MAP_SHARED, MOCK_APERTURE_START,
-                   MOCK_PAGE_SIZE, PAGE_SIZE, PROT_RW, Env, expect_errno, kselftest)
+from kself import (
+    HUGEPAGE_SIZE,
+    MAP_ANONYMOUS,
+    MAP_FIXED,
+    MAP_HUGETLB,
+    MAP_SHARED,
+    MOCK_APERTURE_START,
+    MOCK_PAGE_SIZE,
+    PAGE_SIZE,
+    PROT_RW,
+    Env,
+    expect_errno,
+    kselftest,
+)
 
 from vfiolab.iommufd import uapi
 
@@ -64,7 +76,8 @@ def s(env: Env, variant: str) -> Iterator[Self]:
     if v.hugepages:
         flags |= MAP_HUGETLB
         size = max(size, HUGEPAGE_SIZE)
-    st.buffer = env.proc.mmap(size, PROT_RW, flags, addr=BUFFER_VA)  # posix_memalign(HUGEPAGE_SIZE) + MAP_FIXED
+    st.buffer = env.proc.mmap(size, PROT_RW, flags,
+                              addr=BUFFER_VA)  # posix_memalign(HUGEPAGE_SIZE) + MAP_FIXED
     if v.hugepages:  # MAP_POPULATE
         for off in range(0, size, HUGEPAGE_SIZE):
             env.proc.write(st.buffer + off, b"\0")

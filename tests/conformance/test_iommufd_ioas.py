@@ -10,10 +10,23 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
-from kself import (BUFFER_SIZE, HUGEPAGE_SIZE, MAP_ANONYMOUS, MAP_HUGETLB, MAP_SHARED, MOCK_APERTURE_LAST,
-                   MOCK_APERTURE_START, MOCK_PAGE_SIZE, PAGE_SIZE, U64_MAX, Env, expect_errno, kselftest)
+from kself import (
+    BUFFER_SIZE,
+    HUGEPAGE_SIZE,
+    MAP_ANONYMOUS,
+    MAP_HUGETLB,
+    MAP_SHARED,
+    MOCK_APERTURE_LAST,
+    MOCK_APERTURE_START,
+    MOCK_PAGE_SIZE,
+    PAGE_SIZE,
+    U64_MAX,
+    Env,
+    expect_errno,
+    kselftest,
+)
 
-from vfiolab.iommufd import uapi
+from vfiolab.iommufd import UapiErrorWithOutput, uapi
 
 FIXTURE = "iommufd_ioas"
 
@@ -93,8 +106,8 @@ def _invalidate(s: Self, hwpt_id: int, reqs: list[tuple[int, int]] | None, num: 
                                      for f, i in reqs))
     try:
         done = env.fd.hwpt_invalidate(hwpt_id, ptr, data_type, entry_len, num)
-    except Exception as e:  # only UapiError; the written-back count rides on it
-        return e.errno, e.out["entry_num"]  # type: ignore[attr-defined]
+    except UapiErrorWithOutput as e:  # the written-back count rides on the error
+        return e.errno, e.out["entry_num"]
     return 0, done
 
 
@@ -116,7 +129,8 @@ def test_alloc_hwpt_nested(s: Self) -> None:
 
     def nested(pt_id: int, flags: int = 0, data_type: int = sel, uptr: int = data, length: int = size,
                fault_id: int = 0) -> int:
-        return fd.hwpt_alloc(s.device_id, pt_id, flags=flags, data_type=data_type, data_uptr=uptr, data_len=length,
+        return fd.hwpt_alloc(s.device_id, pt_id, flags=flags, data_type=data_type, data_uptr=uptr,
+                             data_len=length,
                              fault_id=fault_id)
 
     if not s.device_id:
@@ -168,7 +182,8 @@ def test_alloc_hwpt_nested(s: Self) -> None:
     assert _invalidate(s, nested_ids[0], [(0, 0)], (1 << 19) + 1) == (errno.EINVAL, 0)
     assert _invalidate(s, nested_ids[0], [(0xFFFFFFFF, 0)], 1) == (errno.EOPNOTSUPP, 0)
     assert _invalidate(s, nested_ids[0], None, 1) == (errno.EINVAL, 0)
-    assert _invalidate(s, nested_ids[0], [(0, uapi.MOCK_NESTED_DOMAIN_IOTLB_ID_MAX + 1)], 1) == (errno.EINVAL, 0)
+    assert _invalidate(s, nested_ids[0], [(0, uapi.MOCK_NESTED_DOMAIN_IOTLB_ID_MAX + 1)],
+                       1) == (errno.EINVAL, 0)
     # the first request takes effect, the second fails
     assert _invalidate(s, nested_ids[0], [(0, 0), (0xFFFFFFFF, 1)], 2) == (errno.EOPNOTSUPP, 1)
     _check_iotlb(s, nested_ids[0], [0, D, D, D])
@@ -250,7 +265,8 @@ def _check_hw_info(s: Self, dev_id: int, data_type: int, data: int, data_len: in
     assert info.out_data_type == uapi.IOMMU_HW_INFO_TYPE_SELFTEST
     assert info.data_len == uapi.iommu_test_hw_info.size
     if data_len > info.data_len:  # the kernel zeroed what it has no data for
-        assert env.proc.read(data + info.data_len, data_len - info.data_len) == bytes(data_len - info.data_len)
+        assert env.proc.read(data + info.data_len,
+                             data_len - info.data_len) == bytes(data_len - info.data_len)
     if data:
         raw = env.proc.read(data, data_len)
         if data_len >= uapi.iommu_test_hw_info.offsetofend("test_reg"):
@@ -317,7 +333,8 @@ def test_unmap_fully_contained_areas(s: Self) -> None:
         env.unmap(base - 4 * PAGE_SIZE, 8 * PAGE_SIZE)
     with expect_errno(errno.ENOENT):
         env.unmap(base + 3 * 16 * PAGE_SIZE + 8 * PAGE_SIZE - 4 * PAGE_SIZE, 8 * PAGE_SIZE)
-    assert env.unmap(base - 4 * PAGE_SIZE, 3 * 16 * PAGE_SIZE + 8 * PAGE_SIZE + 4 * PAGE_SIZE) == 32 * PAGE_SIZE
+    assert env.unmap(base - 4 * PAGE_SIZE,
+                     3 * 16 * PAGE_SIZE + 8 * PAGE_SIZE + 4 * PAGE_SIZE) == 32 * PAGE_SIZE
 
 
 def _ffs_align(length: int) -> int:
@@ -402,7 +419,8 @@ def test_copy_area(s: Self) -> None:
 
 def _read_ranges(env: Env, ptr: int, n: int) -> list[tuple[int, int]]:
     raw = env.proc.read(ptr, n * 16)
-    return [(int.from_bytes(raw[i * 16:i * 16 + 8], "little"), int.from_bytes(raw[i * 16 + 8:i * 16 + 16], "little"))
+    return [(int.from_bytes(raw[i * 16:i * 16 + 8], "little"), int.from_bytes(raw[i * 16 + 8:i * 16 + 16],
+                                                                              "little"))
             for i in range(n)]
 
 
@@ -419,9 +437,9 @@ def test_iova_ranges(s: Self) -> None:
         assert _read_ranges(env, ranges, 1) == [(MOCK_APERTURE_START, MOCK_APERTURE_LAST)]
         assert out.out_iova_alignment == MOCK_PAGE_SIZE
     env.proc.write(ranges, bytes(BUFFER_SIZE))
-    with pytest.raises(Exception) as ei:  # buffer too small: EMSGSIZE with the count written back
+    with pytest.raises(UapiErrorWithOutput) as ei:  # too small: EMSGSIZE, the count written back
         env.fd.ioas_iova_ranges(s.ioas_id, 0, ranges)
-    assert ei.value.errno == errno.EMSGSIZE and ei.value.out["num_iovas"] == 1  # type: ignore[attr-defined]
+    assert ei.value.errno == errno.EMSGSIZE and ei.value.out["num_iovas"] == 1
     assert _read_ranges(env, ranges, 1) == [(0, 0)]
     env.test.add_reserved(s.ioas_id, PAGE_SIZE, PAGE_SIZE)
     out = env.fd.ioas_iova_ranges(s.ioas_id, cap, ranges)
@@ -433,9 +451,9 @@ def test_iova_ranges(s: Self) -> None:
         assert _read_ranges(env, ranges, 1) == [(MOCK_APERTURE_START, MOCK_APERTURE_LAST)]
     env.proc.write(ranges, bytes(BUFFER_SIZE))
     if not s.stdev_id:
-        with pytest.raises(Exception) as ei:
+        with pytest.raises(UapiErrorWithOutput) as ei:
             env.fd.ioas_iova_ranges(s.ioas_id, 1, ranges)
-        assert ei.value.errno == errno.EMSGSIZE and ei.value.out["num_iovas"] == 2  # type: ignore[attr-defined]
+        assert ei.value.errno == errno.EMSGSIZE and ei.value.out["num_iovas"] == 2
         assert _read_ranges(env, ranges, 1) == [(0, PAGE_SIZE - 1)]
     else:
         out = env.fd.ioas_iova_ranges(s.ioas_id, 1, ranges)

@@ -10,8 +10,21 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import pytest
-from kself import (BUFFER_SIZE, HUGEPAGE_SIZE, MAP_ANONYMOUS, MAP_HUGETLB, MAP_PRIVATE, MAP_SHARED,
-                   MOCK_APERTURE_START, MOCK_PAGE_SIZE, PAGE_SIZE, PROT_RW, Env, expect_errno, kselftest)
+from kself import (
+    BUFFER_SIZE,
+    HUGEPAGE_SIZE,
+    MAP_ANONYMOUS,
+    MAP_HUGETLB,
+    MAP_PRIVATE,
+    MAP_SHARED,
+    MOCK_APERTURE_START,
+    MOCK_PAGE_SIZE,
+    PAGE_SIZE,
+    PROT_RW,
+    Env,
+    expect_errno,
+    kselftest,
+)
 
 from vfiolab.iommufd import uapi
 from vfiolab.memory import MemFile

@@ -10,8 +10,19 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
-from kself import (BUFFER_SIZE, HUGEPAGE_SIZE, MAP_ANONYMOUS, MAP_HUGETLB, MAP_SHARED, MOCK_APERTURE_LAST,
-                   MOCK_APERTURE_START, PAGE_SIZE, Env, expect_errno, kselftest)
+from kself import (
+    BUFFER_SIZE,
+    HUGEPAGE_SIZE,
+    MAP_ANONYMOUS,
+    MAP_HUGETLB,
+    MAP_SHARED,
+    MOCK_APERTURE_LAST,
+    MOCK_APERTURE_START,
+    PAGE_SIZE,
+    Env,
+    expect_errno,
+    kselftest,
+)
 
 from vfiolab.iommufd import uapi
 

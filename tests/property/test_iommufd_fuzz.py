@@ -49,7 +49,8 @@ def calls(draw: st.DrawFn) -> tuple[int, bytes | int]:
     if op.name == "test_cmd":
         for off in range(uapi.TEST_CMD_UNION_OFFSET, uapi.TEST_CMD_UNION_OFFSET + 48, 8):
             buf[off:off + 8] = draw(_value(8)).to_bytes(8, "little")
-    size = draw(st.sampled_from([op.struct.size, op.struct.size, op.min_size, op.min_size - 1, op.struct.size + 8,
+    size = draw(st.sampled_from([op.struct.size, op.struct.size, op.min_size, op.min_size - 1,
+                                 op.struct.size + 8,
                                  draw(st.integers(0, 200))]))
     buf[0:4] = size.to_bytes(4, "little")
     if draw(st.integers(0, 5)) == 0:

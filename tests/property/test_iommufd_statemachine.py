@@ -112,7 +112,8 @@ class IommufdMachine(RuleBasedStateMachine):
     @rule(k=st.integers(0, 10), i=st.integers(0, 2), flags=st.sampled_from([0, 1, 2, 3]))
     def hwpt_alloc(self, k: int, i: int, flags: int) -> None:
         if self.devs and len(self.hwpts) < 3:
-            got = self._try(self.fd.hwpt_alloc, self.devs[k % len(self.devs)][1], self.ioas[i % len(self.ioas)],
+            got = self._try(self.fd.hwpt_alloc, self.devs[k % len(self.devs)][1],
+                            self.ioas[i % len(self.ioas)],
                             flags=flags)
             if got is not None:
                 self.hwpts.append(got)
@@ -121,16 +122,17 @@ class IommufdMachine(RuleBasedStateMachine):
     def replace(self, k: int, t: int, to_ioas: bool) -> None:
         if not self.devs:
             return
-        target = self.ioas[t % len(self.ioas)] if to_ioas or not self.hwpts else self.hwpts[t % len(self.hwpts)]
+        if to_ioas or not self.hwpts:
+            target = self.ioas[t % len(self.ioas)]
+        else:
+            target = self.hwpts[t % len(self.hwpts)]
         self._try(self.fd.test.mock_domain_replace, self.devs[k % len(self.devs)][0], target)
 
     @rule(k=st.integers(0, 10))
     def destroy_hwpt(self, k: int) -> None:
         if self.hwpts:
             h = self.hwpts[k % len(self.hwpts)]
-            if self._try(self.fd.destroy, h) is None and self.fd.objects.lookup(h) is None:
-                self.hwpts.remove(h)
-            elif self.fd.objects.lookup(h) is None:
+            if self._try(self.fd.destroy, h) is None and self.fd.objects.lookup(h) is None or self.fd.objects.lookup(h) is None:
                 self.hwpts.remove(h)
 
     @rule(i=st.integers(0, 2))
@@ -205,7 +207,8 @@ class IommufdMachine(RuleBasedStateMachine):
                 held = pages.frames[area.index:area.last_index + 1]
                 assert (held >= 0).all()
                 for probe in {area.iova, area.last}:
-                    want = int(held[area.iova_to_index(probe) - area.index]) * PAGE + area.start_byte(probe) % PAGE
+                    frame = int(held[area.iova_to_index(probe) - area.index])
+                    want = frame * PAGE + area.start_byte(probe) % PAGE
                     for d in doms:
                         assert d.iova_to_phys(probe) == want
 

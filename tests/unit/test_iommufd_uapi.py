@@ -20,17 +20,19 @@ HEADERS = {
     "iommufd_test.h": KSRC / "drivers/iommu/iommufd/iommufd_test.h",
 }
 
-STRUCTS = [v for v in vars(uapi).values() if isinstance(v, uapi.CStruct) and v.name.startswith(("iommu_", "vfio_"))
+STRUCTS = [v for v in vars(uapi).values()
+           if isinstance(v, uapi.CStruct) and v.name.startswith(("iommu_", "vfio_"))
            and v.name not in ("vfio_iommu_type1_info_cap_iova_range", "vfio_iommu_type1_info_dma_avail")]
 # the VFIO cap structs are modelled header-flattened: check them through the header members
 CAP_STRUCTS = {"vfio_iommu_type1_info_cap_iova_range": uapi.vfio_iommu_type1_info_cap_iova_range,
                "vfio_iommu_type1_info_dma_avail": uapi.vfio_iommu_type1_info_dma_avail}
 IOCTLS = {name: getattr(uapi, name) for name in dir(uapi)
-          if (name.startswith("IOMMU_") or name.startswith("VFIO_")) and name.isupper()
+          if name.startswith(("IOMMU_", "VFIO_")) and name.isupper()
           and isinstance(getattr(uapi, name), int)
           and name in ("IOMMU_DESTROY", "IOMMU_IOAS_ALLOC", "IOMMU_IOAS_ALLOW_IOVAS", "IOMMU_IOAS_COPY",
                        "IOMMU_IOAS_IOVA_RANGES", "IOMMU_IOAS_MAP", "IOMMU_IOAS_UNMAP", "IOMMU_OPTION",
-                       "IOMMU_VFIO_IOAS", "IOMMU_HWPT_ALLOC", "IOMMU_GET_HW_INFO", "IOMMU_HWPT_SET_DIRTY_TRACKING",
+                       "IOMMU_VFIO_IOAS", "IOMMU_HWPT_ALLOC", "IOMMU_GET_HW_INFO",
+                       "IOMMU_HWPT_SET_DIRTY_TRACKING",
                        "IOMMU_HWPT_GET_DIRTY_BITMAP", "IOMMU_HWPT_INVALIDATE", "IOMMU_FAULT_QUEUE_ALLOC",
                        "IOMMU_IOAS_MAP_FILE", "IOMMU_VIOMMU_ALLOC", "IOMMU_VDEVICE_ALLOC",
                        "IOMMU_IOAS_CHANGE_PROCESS", "IOMMU_VEVENTQ_ALLOC", "IOMMU_HW_QUEUE_ALLOC",
@@ -40,7 +42,8 @@ IOCTLS = {name: getattr(uapi, name) for name in dir(uapi)
 
 
 def _c_source() -> tuple[str, list[tuple[str, int]]]:
-    lines = ['#include <stdio.h>', '#include <stddef.h>', '#include <linux/iommufd.h>', '#include <linux/vfio.h>',
+    lines = ['#include <stdio.h>', '#include <stddef.h>', '#include <linux/iommufd.h>',
+             '#include <linux/vfio.h>',
              '#include "iommufd_test.h"', 'int main(void) {']
     expect: list[tuple[str, int]] = []
 
@@ -57,7 +60,8 @@ def _c_source() -> tuple[str, list[tuple[str, int]]]:
             emit(f"offsetof {st.name}.{name}", f"offsetof(struct {st.name}, {cname})", f.offset)
     for member, mst in uapi.TEST_CMD_MEMBERS.items():
         for name, f in mst.fields.items():
-            emit(f"offsetof iommu_test_cmd.{member}.{name}", f"offsetof(struct iommu_test_cmd, {member}.{name})",
+            emit(f"offsetof iommu_test_cmd.{member}.{name}",
+                 f"offsetof(struct iommu_test_cmd, {member}.{name})",
                  uapi.TEST_CMD_UNION_OFFSET + f.offset)
     for cname, st in CAP_STRUCTS.items():
         emit(f"sizeof {cname}", f"sizeof(struct {cname})", st.size)
@@ -87,7 +91,8 @@ def test_layouts_match_gcc(tmp_path: Path) -> None:
     exe = tmp_path / "layout"
     # what headers_install strips from uapi headers
     defs = ["-D__user=", "-D__counted_by(x)="]
-    subprocess.run(["gcc", "-O0", *defs, "-I", str(inc), "-o", str(exe), str(tmp_path / "layout.c")], check=True,
+    subprocess.run(["gcc", "-O0", *defs, "-I", str(inc), "-o", str(exe), str(tmp_path / "layout.c")],
+                   check=True,
                    capture_output=True, timeout=120)
     out = subprocess.run([str(exe)], check=True, capture_output=True, text=True, timeout=60).stdout
     got = {line.rsplit(" ", 1)[0]: int(line.rsplit(" ", 1)[1]) for line in out.splitlines()}

@@ -128,7 +128,8 @@ class IommufdAccess(IommufdObject):
 
     def pin_pages(self, iova: int, length: int, flags: int) -> npt.NDArray[np.int64]:
         """iommufd_access_pin_pages(): the frames of every page under [iova, iova+length)."""
-        if self.iova_alignment != PAGE_SIZE or (not self.internal and (self.ops is None or self.ops.unmap is None)):
+        no_unmap = self.ops is None or self.ops.unmap is None
+        if self.iova_alignment != PAGE_SIZE or (not self.internal and no_unmap):
             raise UapiError(errno.EINVAL, "this access cannot pin pages")
         if not length:
             raise UapiError(errno.EINVAL, "zero length")
@@ -144,12 +145,14 @@ class IommufdAccess(IommufdObject):
                 last = min(last_iova, area.last)
                 first_index, last_index = area.iova_to_index(it.cur_iova), area.iova_to_index(last)
                 if area.prevent_access or not self._contig_aligned(it, area):
-                    raise UapiError(errno.EINVAL, f"area [{area.iova:#x}, {area.last:#x}] not page aligned or "
+                    raise UapiError(errno.EINVAL,
+                                    f"area [{area.iova:#x}, {area.last:#x}] not page aligned or "
                                     "being unmapped")
                 if not self._check_prot(area, flags):
                     raise UapiError(errno.EPERM, "map lacks the permission")
                 assert area.pages is not None
-                out.append(area.pages.add_access(first_index, last_index, bool(flags & IOMMUFD_ACCESS_RW_WRITE)))
+                out.append(area.pages.add_access(first_index, last_index,
+                                                 bool(flags & IOMMUFD_ACCESS_RW_WRITE)))
                 area.num_accesses += 1
                 if self.internal:
                     area.num_locks += 1

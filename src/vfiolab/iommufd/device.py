@@ -136,7 +136,8 @@ def device_bind(ictx: Iommufd, dev: IommuDevice, *, is_mock: bool = False) -> Io
         raise UapiError(errno.EINVAL, f"{dev.name}: the IOMMU cannot keep DMA cache coherent")
     igroup = get_group(ictx, dev)
     try:
-        if not is_mock and not getattr(igroup.group, "isolated_msi", True) and not ictx.allow_unsafe_interrupts:
+        if not is_mock and not getattr(igroup.group, "isolated_msi",
+                                       True) and not ictx.allow_unsafe_interrupts:
             raise UapiError(errno.EPERM, "MSI interrupts of this group cannot be isolated")
         core.iommu_device_claim_dma_owner(dev, ictx)
     except UapiError:

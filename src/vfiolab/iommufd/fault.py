@@ -22,7 +22,8 @@ if TYPE_CHECKING:
     from vfiolab.iommufd.ucmd import Ucmd
 
 iommu_hwpt_pgfault: Final = CStruct("iommu_hwpt_pgfault", [
-    ("flags", "u32"), ("dev_id", "u32"), ("pasid", "u32"), ("grpid", "u32"), ("perm", "u32"), ("__reserved", "u32"),
+    ("flags", "u32"), ("dev_id", "u32"), ("pasid", "u32"), ("grpid", "u32"), ("perm",
+                                                                              "u32"), ("__reserved", "u32"),
     ("addr", "u64"), ("length", "u32"), ("cookie", "u32")])
 iommu_hwpt_page_response: Final = CStruct("iommu_hwpt_page_response", [("cookie", "u32"), ("code", "u32")])
 IOMMUFD_PAGE_RESP_SUCCESS: Final = 0

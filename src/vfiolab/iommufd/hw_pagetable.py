@@ -46,7 +46,8 @@ class UserData:
 
 
 PagingDecoder = Callable[["Iommufd", "IommufdDevice", int, UserData | None], "Mapping[str, Any] | None"]
-NestedDecoder = Callable[["Iommufd", "IommufdDevice", IommuDomain, int, UserData], "tuple[str, Mapping[str, Any]]"]
+NestedDecoder = Callable[["Iommufd", "IommufdDevice", IommuDomain, int, UserData],
+                         "tuple[str, Mapping[str, Any]]"]
 Invalidator = Callable[["Iommufd", IommuDomain, UserData, int], int]
 
 PAGING_DATA: dict[str, PagingDecoder] = {}
@@ -148,7 +149,8 @@ def hwpt_paging_alloc(ictx: Iommufd, ioas: Ioas, idev: IommufdDevice, pasid: int
     driver = idev.driver
     if flags & ~valid:
         raise UapiError(errno.EOPNOTSUPP, f"HWPT flags {flags:#x}")
-    if flags & uapi.IOMMU_HWPT_ALLOC_DIRTY_TRACKING and not driver.capable(idev.dev, IOMMU_CAP_DIRTY_TRACKING):
+    if flags & uapi.IOMMU_HWPT_ALLOC_DIRTY_TRACKING and not driver.capable(idev.dev,
+                                                                           IOMMU_CAP_DIRTY_TRACKING):
         raise UapiError(errno.EOPNOTSUPP, f"{idev.dev.name} cannot do dirty tracking")
     if flags & uapi.IOMMU_HWPT_FAULT_ID_VALID and flags & uapi.IOMMU_HWPT_ALLOC_NEST_PARENT:
         raise UapiError(errno.EOPNOTSUPP, "a nest parent cannot take a fault queue")

@@ -299,7 +299,8 @@ class IoPagetable:
             align = min(align, 1 << ffs0(addr))
         align = min(HPAGE_SIZE, align)
         if align < self.iova_alignment:
-            raise UapiError(errno.EINVAL, f"alignment {align:#x} below the IOAS alignment {self.iova_alignment:#x}")
+            raise UapiError(errno.EINVAL,
+                            f"alignment {align:#x} below the IOAS alignment {self.iova_alignment:#x}")
         lo, hi = PAGE_SIZE, ULONG_MAX - PAGE_SIZE
         allowed = list(used_spans(merged(self.allowed), lo, hi)) if self.allowed else [(lo, hi)]
         busy = merged([(r.start, r.last) for r in self.reserved] + [(a.iova, a.last) for a in self.areas])
@@ -357,7 +358,8 @@ class IoPagetable:
         for elm in elms:
             elm.area = IoptArea()
         if length & (self.iova_alignment - 1) or not length:
-            raise UapiError(errno.EINVAL, f"length {length:#x} not a non-zero multiple of {self.iova_alignment:#x}")
+            raise UapiError(errno.EINVAL,
+                            f"length {length:#x} not a non-zero multiple of {self.iova_alignment:#x}")
         if flags & IOPT_ALLOC_IOVA:
             first = elms[0]
             assert first.pages is not None
@@ -507,7 +509,8 @@ class IoPagetable:
         """iopt_remove_reserved_iova()."""
         self.reserved = [r for r in self.reserved if r.owner is not owner]
 
-    def enforce_dev_resv_regions(self, regions: Iterable[Any], owner: object, want_sw_msi: bool) -> int | None:
+    def enforce_dev_resv_regions(self, regions: Iterable[Any], owner: object,
+                                 want_sw_msi: bool) -> int | None:
         """iopt_table_enforce_dev_resv_regions(): reserve every non-relaxable region of a device;
         returns the SW_MSI start when asked for (EINVAL for a SW_MSI + MSI mix or two SW_MSIs)."""
         from vfiolab.iommu.resv import ResvType
@@ -673,7 +676,8 @@ class IoPagetable:
                     continue
                 if pages.kind == AddressType.DMABUF:  # iopt_dmabuf_track_domain() + map unless revoked
                     if not pages.revoked:
-                        batch_to_domain(domain, area, area.index, pages.dmabuf_frames(area.index, area.last_index),
+                        batch_to_domain(domain, area, area.index,
+                                        pages.dmabuf_frames(area.index, area.last_index),
                                         self.disable_large_pages, mmio=True)
                     pages.tracker.append((domain, area))
                     if area.storage_domain is None:

@@ -167,7 +167,8 @@ def ioas_map(ucmd: Ucmd) -> int:
     ioas = get_ioas(ictx, cmd["ioas_id"])
     flags = 0 if cmd["flags"] & uapi.IOMMU_IOAS_MAP_FIXED_IOVA else IOPT_ALLOC_IOVA
     prot = conv_iommu_prot(cmd["flags"])
-    pages, start_byte = alloc_user_pages(ictx.current, cmd["user_va"], cmd["length"], bool(prot & IOMMU_WRITE))
+    pages, start_byte = alloc_user_pages(ictx.current, cmd["user_va"], cmd["length"],
+                                         bool(prot & IOMMU_WRITE))
     cmd["iova"] = ioas.iopt.map_common(pages, start_byte, cmd["length"], cmd["iova"], prot, flags,
                                        ictx.account_mode == IOPT_PAGES_ACCOUNT_MM)
     ucmd.respond()
@@ -217,7 +218,8 @@ def ioas_copy(ucmd: Ucmd) -> int:
     try:
         dst = get_ioas(ictx, cmd["dst_ioas_id"])
         flags = 0 if cmd["flags"] & uapi.IOMMU_IOAS_MAP_FIXED_IOVA else IOPT_ALLOC_IOVA
-        cmd["dst_iova"] = dst.iopt.map_pages(elms, cmd["length"], cmd["dst_iova"], conv_iommu_prot(cmd["flags"]),
+        cmd["dst_iova"] = dst.iopt.map_pages(elms, cmd["length"], cmd["dst_iova"],
+                                             conv_iommu_prot(cmd["flags"]),
                                              flags)
         ucmd.respond()
     finally:

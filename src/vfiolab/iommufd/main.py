@@ -127,7 +127,8 @@ class Iommufd:
     """CONFIG_VFIO_NOIOMMU (Debian sets it)."""
     _HANDLERS: ClassVar[dict[str, Handler] | None] = None
 
-    def __init__(self, process: UserProcess, *, selftest: MockIommu | None = None, vfio_misc: bool = False) -> None:
+    def __init__(self, process: UserProcess, *, selftest: MockIommu | None = None,
+                 vfio_misc: bool = False) -> None:
         self.process = process
         self.current: Task = Task.of(process)
         """The task making the calls (see :meth:`as_current`)."""
@@ -223,7 +224,8 @@ class Iommufd:
         if op.cmd != (op.cmd if cmd is None else cmd):  # also every empty slot (ioctl_num 0)
             raise UapiError(errno.ENOTTY, f"ioctl {cmd:#x} does not match the table's {op.name}")
         if user_size < op.min_size:
-            raise UapiError(errno.EINVAL, f"size {user_size} below the {op.min_size}-byte minimum of {op.name}")
+            raise UapiError(errno.EINVAL,
+                            f"size {user_size} below the {op.min_size}-byte minimum of {op.name}")
         raw = copy_struct_from_user(op.struct.size, ubuf, user_size)
         ucmd = Ucmd(self, op, ubuf, user_size, raw)
         if op.name == "test_cmd":
@@ -306,7 +308,8 @@ class Iommufd:
         """IOMMU_IOAS_ALLOC: the new IOAS ID."""
         return self.call("ioas_alloc", {"flags": flags})["out_ioas_id"]
 
-    def ioas_iova_ranges(self, ioas_id: int, num_iovas: int, allowed_iovas: int, reserved: int = 0) -> IovaRanges:
+    def ioas_iova_ranges(self, ioas_id: int, num_iovas: int, allowed_iovas: int,
+                         reserved: int = 0) -> IovaRanges:
         """IOMMU_IOAS_IOVA_RANGES: ranges are written at ``allowed_iovas`` (process memory)."""
         out = self.call("ioas_iova_ranges", {"ioas_id": ioas_id, "num_iovas": num_iovas,
                                              "allowed_iovas": allowed_iovas, "reserved": reserved})
@@ -333,8 +336,10 @@ class Iommufd:
     def ioas_copy(self, dst_ioas_id: int, src_ioas_id: int, length: int, src_iova: int, dst_iova: int = 0,
                   flags: int = uapi.IOMMU_IOAS_MAP_READABLE | uapi.IOMMU_IOAS_MAP_WRITEABLE) -> int:
         """IOMMU_IOAS_COPY: the destination IOVA."""
-        return self.call("ioas_copy", {"dst_ioas_id": dst_ioas_id, "src_ioas_id": src_ioas_id, "length": length,
-                                       "src_iova": src_iova, "dst_iova": dst_iova, "flags": flags})["dst_iova"]
+        return self.call("ioas_copy", {"dst_ioas_id": dst_ioas_id, "src_ioas_id": src_ioas_id,
+                                       "length": length,
+                                       "src_iova": src_iova, "dst_iova": dst_iova,
+                                       "flags": flags})["dst_iova"]
 
     def ioas_unmap(self, ioas_id: int, iova: int, length: int) -> int:
         """IOMMU_IOAS_UNMAP: bytes unmapped."""
@@ -356,7 +361,8 @@ class Iommufd:
     def hwpt_alloc(self, dev_id: int, pt_id: int, flags: int = 0, data_type: int = 0, data_len: int = 0,
                    data_uptr: int = 0, fault_id: int = 0, reserved: int = 0, reserved2: int = 0) -> int:
         """IOMMU_HWPT_ALLOC: the new HWPT ID."""
-        return self.call("hwpt_alloc", {"dev_id": dev_id, "pt_id": pt_id, "flags": flags, "data_type": data_type,
+        return self.call("hwpt_alloc", {"dev_id": dev_id, "pt_id": pt_id, "flags": flags,
+                                        "data_type": data_type,
                                         "data_len": data_len, "data_uptr": data_uptr, "fault_id": fault_id,
                                         "reserved": reserved, "reserved2": reserved2})["out_hwpt_id"]
 
@@ -381,7 +387,8 @@ class Iommufd:
     def hwpt_invalidate(self, hwpt_id: int, data_uptr: int, data_type: int, entry_len: int, entry_num: int,
                         reserved: int = 0) -> int:
         """IOMMU_HWPT_INVALIDATE: entries handled (also on failure, in ``UapiErrorWithOutput.out``)."""
-        return self.call("hwpt_invalidate", {"hwpt_id": hwpt_id, "data_uptr": data_uptr, "data_type": data_type,
+        return self.call("hwpt_invalidate", {"hwpt_id": hwpt_id, "data_uptr": data_uptr,
+                                             "data_type": data_type,
                                              "entry_len": entry_len, "entry_num": entry_num,
                                              "reserved": reserved})["entry_num"]
 
@@ -405,7 +412,8 @@ class Iommufd:
     def veventq_alloc(self, viommu_id: int, type: int, veventq_depth: int, flags: int = 0,
                       reserved: int = 0) -> tuple[int, int]:
         """IOMMU_VEVENTQ_ALLOC: (ID, fd)."""
-        out = self.call("veventq_alloc", {"viommu_id": viommu_id, "type": type, "veventq_depth": veventq_depth,
+        out = self.call("veventq_alloc", {"viommu_id": viommu_id, "type": type,
+                                          "veventq_depth": veventq_depth,
                                           "flags": flags, "reserved": reserved})
         return out["out_veventq_id"], out["out_veventq_fd"]
 
@@ -436,7 +444,8 @@ class Iommufd:
                            argsz: int = uapi.vfio_iommu_type1_dma_map.size) -> None:
         """VFIO_IOMMU_MAP_DMA."""
         st = uapi.vfio_iommu_type1_dma_map
-        self.ioctl(uapi.VFIO_IOMMU_MAP_DMA, st.pack(argsz=argsz, flags=flags, vaddr=vaddr, iova=iova, size=size))
+        self.ioctl(uapi.VFIO_IOMMU_MAP_DMA, st.pack(argsz=argsz, flags=flags, vaddr=vaddr, iova=iova,
+                                                    size=size))
 
     def vfio_iommu_unmap_dma(self, iova: int, size: int, flags: int = 0,
                              argsz: int = uapi.vfio_iommu_type1_dma_unmap.size) -> int:

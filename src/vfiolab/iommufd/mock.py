@@ -108,7 +108,8 @@ class MockDev:
     dev: IommuDevice
     id: int
     flags: int
-    cache: list[int] = field(default_factory=lambda: [uapi.IOMMU_TEST_DEV_CACHE_DEFAULT] * uapi.MOCK_DEV_CACHE_NUM)
+    cache: list[int] = field(
+        default_factory=lambda: [uapi.IOMMU_TEST_DEV_CACHE_DEFAULT] * uapi.MOCK_DEV_CACHE_NUM)
 
 
 class SelftestObj(IommufdObject):
@@ -235,7 +236,8 @@ def copy_user_data(ictx: Iommufd, st: CStruct, ud: UserData, data_type: int, min
     return st.unpack(raw)
 
 
-def _mock_paging_data(ictx: Iommufd, idev: IommufdDevice, flags: int, ud: UserData | None) -> Mapping[str, Any] | None:
+def _mock_paging_data(ictx: Iommufd, idev: IommufdDevice, flags: int,
+                      ud: UserData | None) -> Mapping[str, Any] | None:
     # selftest.c mock_domain_alloc_paging_flags(): flags, then the data type, then the copy
     paging = (uapi.IOMMU_HWPT_ALLOC_DIRTY_TRACKING | uapi.IOMMU_HWPT_ALLOC_NEST_PARENT |
               uapi.IOMMU_HWPT_ALLOC_PASID)
@@ -398,7 +400,8 @@ def _md_check_map(ictx: Iommufd, hwpt_id: int, iova: int, length: int, uptr: int
     want = frames[(vas - first) // PAGE_SIZE] * PAGE_SIZE + vas % PAGE_SIZE
     for k in range(n):
         if dom.iova_to_phys(iova + int(offs[k])) != int(want[k]):
-            raise UapiError(errno.EINVAL, f"iova {iova + int(offs[k]):#x} does not map user va {int(vas[k]):#x}")
+            raise UapiError(errno.EINVAL,
+                            f"iova {iova + int(offs[k]):#x} does not map user va {int(vas[k]):#x}")
 
 
 def _md_check_refs(ictx: Iommufd, uptr: int, length: int, refs: int) -> None:
@@ -411,7 +414,8 @@ def _md_check_refs(ictx: Iommufd, uptr: int, length: int, refs: int) -> None:
     pins = proc.mem.pincount[frames]
     for k in range(len(frames)):
         if int(pins[k]) != refs and not _compound(proc, uptr + k * PAGE_SIZE):
-            raise UapiError(errno.EIO, f"page {uptr + k * PAGE_SIZE:#x} has {int(pins[k])} pins, expected {refs}")
+            raise UapiError(errno.EIO,
+                            f"page {uptr + k * PAGE_SIZE:#x} has {int(pins[k])} pins, expected {refs}")
 
 
 def _create_access(ucmd: Ucmd, m: dict[str, int]) -> None:

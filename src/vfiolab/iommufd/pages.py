@@ -209,7 +209,8 @@ class IoptPages:
         start = self.start + first * PAGE_SIZE
         end = start + n * PAGE_SIZE - 1
         if end >= self.file.size:
-            raise UapiError(errno.EINVAL, f"memfd pin of [{start:#x}, {end:#x}] past its size {self.file.size:#x}")
+            raise UapiError(errno.EINVAL,
+                            f"memfd pin of [{start:#x}, {end:#x}] past its size {self.file.size:#x}")
         frames = self.file.touch(start // PAGE_SIZE, n).copy()
         pin_frames(self.mem, frames)
         return frames
@@ -324,7 +325,8 @@ class IoptPages:
         self.release(first, last)
 
     # ------------------------------------------------------------------ CPU copies (iopt_pages_rw_access)
-    def rw(self, current: Task, start_byte: int, length: int, flags: int, data: bytearray | None = None) -> bytes:
+    def rw(self, current: Task, start_byte: int, length: int, flags: int,
+           data: bytearray | None = None) -> bytes:
         """iopt_pages_rw_access(): copy ``data`` in (IOMMUFD_ACCESS_RW_WRITE) or return ``length``
         bytes, through the source mm when that is the caller's, else page by page."""
         write = bool(flags & IOMMUFD_ACCESS_RW_WRITE)
@@ -412,8 +414,10 @@ def alloc_user_pages(task: Task, uptr: int, length: int, writable: bool) -> tupl
     return pages, uptr - down
 
 
-def alloc_file_pages(task: Task, file: MemFile, start: int, length: int, writable: bool) -> tuple[IoptPages, int]:
+def alloc_file_pages(task: Task, file: MemFile, start: int, length: int,
+                     writable: bool) -> tuple[IoptPages, int]:
     """iopt_alloc_file_pages(): pages for file bytes [start, start+length)."""
     start_byte = start % PAGE_SIZE
-    pages = IoptPages(task, AddressType.FILE, start_byte, length, writable, file=file, start=start - start_byte)
+    pages = IoptPages(task, AddressType.FILE, start_byte, length, writable, file=file,
+                      start=start - start_byte)
     return pages, start_byte

@@ -115,7 +115,8 @@ class Task:
         if inc:
             limit = self.memlock_pages()
             if self.locked_vm + npages > limit:
-                raise UapiError(errno.ENOMEM, f"locked_vm {self.locked_vm}+{npages} pages over RLIMIT_MEMLOCK "
+                raise UapiError(errno.ENOMEM,
+                                f"locked_vm {self.locked_vm}+{npages} pages over RLIMIT_MEMLOCK "
                                 f"{limit} pages")
             self.locked_vm += npages
         else:

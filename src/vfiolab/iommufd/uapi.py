@@ -248,13 +248,15 @@ IOMMU_HW_QUEUE_TYPE_DEFAULT: Final = 0
 
 # ---------------------------------------------------------------------- structs (uapi iommufd.h)
 iommu_destroy: Final = CStruct("iommu_destroy", [("size", "u32"), ("id", "u32")])
-iommu_ioas_alloc: Final = CStruct("iommu_ioas_alloc", [("size", "u32"), ("flags", "u32"), ("out_ioas_id", "u32")])
+iommu_ioas_alloc: Final = CStruct("iommu_ioas_alloc", [("size", "u32"), ("flags", "u32"),
+                                                       ("out_ioas_id", "u32")])
 iommu_iova_range: Final = CStruct("iommu_iova_range", [("start", "u64"), ("last", "u64")])
 iommu_ioas_iova_ranges: Final = CStruct("iommu_ioas_iova_ranges", [
     ("size", "u32"), ("ioas_id", "u32"), ("num_iovas", "u32"), ("__reserved", "u32"),
     ("allowed_iovas", "u64"), ("out_iova_alignment", "u64")])
 iommu_ioas_allow_iovas: Final = CStruct("iommu_ioas_allow_iovas", [
-    ("size", "u32"), ("ioas_id", "u32"), ("num_iovas", "u32"), ("__reserved", "u32"), ("allowed_iovas", "u64")])
+    ("size", "u32"), ("ioas_id", "u32"), ("num_iovas", "u32"), ("__reserved",
+                                                                "u32"), ("allowed_iovas", "u64")])
 iommu_ioas_map: Final = CStruct("iommu_ioas_map", [
     ("size", "u32"), ("flags", "u32"), ("ioas_id", "u32"), ("__reserved", "u32"), ("user_va", "u64"),
     ("length", "u64"), ("iova", "u64")])
@@ -273,7 +275,8 @@ iommu_vfio_ioas: Final = CStruct("iommu_vfio_ioas", [
     ("size", "u32"), ("ioas_id", "u32"), ("op", "u16"), ("__reserved", "u16")])
 iommu_hwpt_alloc: Final = CStruct("iommu_hwpt_alloc", [
     ("size", "u32"), ("flags", "u32"), ("dev_id", "u32"), ("pt_id", "u32"), ("out_hwpt_id", "u32"),
-    ("__reserved", "u32"), ("data_type", "u32"), ("data_len", "u32"), ("data_uptr", "u64"), ("fault_id", "u32"),
+    ("__reserved", "u32"), ("data_type", "u32"), ("data_len", "u32"), ("data_uptr",
+                                                                       "u64"), ("fault_id", "u32"),
     ("__reserved2", "u32")])
 iommu_hw_info: Final = CStruct("iommu_hw_info", [
     ("size", "u32"), ("flags", "u32"), ("dev_id", "u32"), ("data_len", "u32"), ("data_uptr", "u64"),
@@ -294,7 +297,8 @@ iommu_viommu_alloc: Final = CStruct("iommu_viommu_alloc", [
     ("out_viommu_id", "u32"), ("data_len", "u32"), ("__reserved", "u32"), ("data_uptr", "u64")])
 iommu_vdevice_alloc: Final = CStruct("iommu_vdevice_alloc", [
     ("size", "u32"), ("viommu_id", "u32"), ("dev_id", "u32"), ("out_vdevice_id", "u32"), ("virt_id", "u64")])
-iommu_ioas_change_process: Final = CStruct("iommu_ioas_change_process", [("size", "u32"), ("__reserved", "u32")])
+iommu_ioas_change_process: Final = CStruct("iommu_ioas_change_process", [("size", "u32"),
+                                                                         ("__reserved", "u32")])
 iommu_veventq_alloc: Final = CStruct("iommu_veventq_alloc", [
     ("size", "u32"), ("flags", "u32"), ("viommu_id", "u32"), ("type", "u32"), ("veventq_depth", "u32"),
     ("out_veventq_id", "u32"), ("out_veventq_fd", "u32"), ("__reserved", "u32")])
@@ -362,13 +366,15 @@ iommu_hwpt_invalidate_selftest: Final = CStruct("iommu_hwpt_invalidate_selftest"
 
 TEST_CMD_UNION_OFFSET: Final = 16
 iommu_test_cmd: Final = CStruct("iommu_test_cmd", [
-    ("size", "u32"), ("op", "u32"), ("id", "u32"), ("__reserved", "u32"), ("union", "u64", 6), ("last", "u32")])
+    ("size", "u32"), ("op", "u32"), ("id", "u32"), ("__reserved", "u32"), ("union", "u64",
+                                                                           6), ("last", "u32")])
 """The union is 48 bytes at offset 16 (its largest member is ``dirty``); each op's member layout is in
 TEST_CMD_MEMBERS and is read at TEST_CMD_UNION_OFFSET."""
 
 TEST_CMD_MEMBERS: Final = {
     "add_reserved": CStruct("add_reserved", [("start", "u64"), ("length", "u64")]),
-    "mock_domain": CStruct("mock_domain", [("out_stdev_id", "u32"), ("out_hwpt_id", "u32"), ("out_idev_id", "u32")]),
+    "mock_domain": CStruct("mock_domain", [("out_stdev_id", "u32"), ("out_hwpt_id", "u32"),
+                                           ("out_idev_id", "u32")]),
     "mock_domain_flags": CStruct("mock_domain_flags", [
         ("out_stdev_id", "u32"), ("out_hwpt_id", "u32"), ("out_idev_id", "u32"), ("dev_flags", "u32")]),
     "mock_domain_replace": CStruct("mock_domain_replace", [("pt_id", "u32")]),
@@ -377,8 +383,10 @@ TEST_CMD_MEMBERS: Final = {
     "create_access": CStruct("create_access", [("out_access_fd", "u32"), ("flags", "u32")]),
     "destroy_access_pages": CStruct("destroy_access_pages", [("access_pages_id", "u32")]),
     "access_pages": CStruct("access_pages", [
-        ("flags", "u32"), ("out_access_pages_id", "u32"), ("iova", "u64"), ("length", "u64"), ("uptr", "u64")]),
-    "access_rw": CStruct("access_rw", [("iova", "u64"), ("length", "u64"), ("uptr", "u64"), ("flags", "u32")]),
+        ("flags", "u32"), ("out_access_pages_id", "u32"), ("iova", "u64"), ("length",
+                                                                            "u64"), ("uptr", "u64")]),
+    "access_rw": CStruct("access_rw", [("iova", "u64"), ("length", "u64"), ("uptr", "u64"),
+                                       ("flags", "u32")]),
     "memory_limit": CStruct("memory_limit", [("limit", "u32")]),
     "access_replace_ioas": CStruct("access_replace_ioas", [("ioas_id", "u32")]),
     "dirty": CStruct("dirty", [
@@ -397,7 +405,7 @@ TEST_CMD_MEMBERS: Final = {
     "dmabuf_revoke": CStruct("dmabuf_revoke", [("dmabuf_fd", "s32"), ("revoked", "u32")]),
 }
 
-# ---------------------------------------------------------------------- VFIO type1 compatibility (uapi vfio.h)
+# ---------------------------------------------------------------------- VFIO type1 compatibility (vfio.h)
 VFIO_TYPE: Final = ord(";")
 VFIO_BASE: Final = 100
 VFIO_API_VERSION: Final = 0
@@ -435,7 +443,8 @@ vfio_iommu_type1_dma_unmap: Final = CStruct("vfio_iommu_type1_dma_unmap", [
     ("argsz", "u32"), ("flags", "u32"), ("iova", "u64"), ("size", "u64")])
 vfio_iommu_type1_info: Final = CStruct("vfio_iommu_type1_info", [
     ("argsz", "u32"), ("flags", "u32"), ("iova_pgsizes", "u64"), ("cap_offset", "u32"), ("pad", "u32")])
-vfio_info_cap_header: Final = CStruct("vfio_info_cap_header", [("id", "u16"), ("version", "u16"), ("next", "u32")])
+vfio_info_cap_header: Final = CStruct("vfio_info_cap_header", [("id", "u16"), ("version", "u16"),
+                                                               ("next", "u32")])
 vfio_iommu_type1_info_cap_iova_range: Final = CStruct("vfio_iommu_type1_info_cap_iova_range", [
     ("id", "u16"), ("version", "u16"), ("next", "u32"), ("nr_iovas", "u32"), ("reserved", "u32")])
 vfio_iova_range: Final = CStruct("vfio_iova_range", [("start", "u64"), ("end", "u64")])
@@ -467,7 +476,8 @@ IOCTL_OPS: Final[tuple[IoctlOp, ...]] = (
     IoctlOp(IOMMU_HWPT_ALLOC, "hwpt_alloc", iommu_hwpt_alloc, "__reserved"),
     IoctlOp(IOMMU_HWPT_GET_DIRTY_BITMAP, "hwpt_get_dirty_bitmap", iommu_hwpt_get_dirty_bitmap, "data"),
     IoctlOp(IOMMU_HWPT_INVALIDATE, "hwpt_invalidate", iommu_hwpt_invalidate, "__reserved"),
-    IoctlOp(IOMMU_HWPT_SET_DIRTY_TRACKING, "hwpt_set_dirty_tracking", iommu_hwpt_set_dirty_tracking, "__reserved"),
+    IoctlOp(IOMMU_HWPT_SET_DIRTY_TRACKING, "hwpt_set_dirty_tracking", iommu_hwpt_set_dirty_tracking,
+            "__reserved"),
     IoctlOp(IOMMU_IOAS_ALLOC, "ioas_alloc", iommu_ioas_alloc, "out_ioas_id"),
     IoctlOp(IOMMU_IOAS_ALLOW_IOVAS, "ioas_allow_iovas", iommu_ioas_allow_iovas, "allowed_iovas"),
     IoctlOp(IOMMU_IOAS_CHANGE_PROCESS, "ioas_change_process", iommu_ioas_change_process, "__reserved"),
