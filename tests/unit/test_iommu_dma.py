@@ -171,10 +171,12 @@ def test_ats_to_unit_without_ats() -> None:
 
 
 # ---------------------------------------------------------------------- dirty tracking
-@pytest.mark.parametrize("kind", ["intel", "amd", "mock"])
+@pytest.mark.parametrize("kind", ["intel", "amd", "arm-smmu-v3", "mock"])
 def test_dma_write_sets_dirty_bits(kind: str) -> None:
-    """Hardware dirty tracking: writes set D in the leaves, reads do not; read_and_clear_dirty clears and
-    flushes so the next write marks again (io_pagetable.c iommu_read_and_clear_dirty)."""
+    """Hardware dirty tracking: writes set D in the leaves (Arm HTTU: clear AP[2] of a DBM leaf), reads
+    do not; read_and_clear_dirty clears and flushes so the next write marks again (io_pagetable.c
+    iommu_read_and_clear_dirty).  Enabling starts from a cleared table, as iopt_set_dirty_tracking()
+    does (a fresh writable Arm DBM leaf reads dirty)."""
     _unit, _, dom, port, mem = rig(kind, IOMMU_HWPT_ALLOC_DIRTY_TRACKING)
     dom.pt.pgsize_bitmap &= -dom.pt.pgsize_bitmap  # single-page leaves (see the contiguous case below)
     base = dom.aperture[0] + IOVA
@@ -182,6 +184,7 @@ def test_dma_write_sets_dirty_bits(kind: str) -> None:
     dom.map(base, int(frames[0]) << 12, 0x8000, RW)
     port.dma_write(base + 0x1000, b"before tracking")
     dom.set_dirty_tracking(True)
+    dom.read_and_clear_dirty(base, 0x8000)
     port.dma_read(base, 0x8000)
     port.dma_write(base + 0x2000, b"x" * 0x1800)  # pages 2 and 3
     pages = dom.read_and_clear_dirty(base, 0x8000, page_size=0x1000)

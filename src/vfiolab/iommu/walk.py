@@ -238,4 +238,8 @@ def mark_dirty(mem: PhysMemory, run: Run, a: int, b: int) -> None:
     for t in run.dirty:
         i0, i1 = (a + t.off) >> t.isz, (b - 1 + t.off) >> t.isz
         idx = slice(t.slot0 + i0, t.slot0 + i1 + 1)
-        u64[idx] = t.update(u64[idx], t.level, True, True)
+        try:
+            u64[idx] = t.update(u64[idx], t.level, True, True)
+        except (ValueError, TypeError):  # a format whose hw_update tests bits (Arm DBM): item by item
+            for i in range(idx.start, idx.stop):
+                u64[i] = t.update(int(u64[i]), t.level, True, True)
