@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import weakref
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Final
 
@@ -659,7 +660,7 @@ class MockDriver(IommuDriver):
 
     def __init__(self) -> None:
         super().__init__()
-        self._pasid_1024_armed: set[int] = set()
+        self._pasid_1024_armed: weakref.WeakSet[IommuDevice] = weakref.WeakSet()
 
     def domain_alloc_paging_flags(self, dev: IommuDevice, flags: int = 0,
                                   data: Mapping[str, Any] | None = None) -> PagingDomain:
@@ -703,14 +704,14 @@ class MockDriver(IommuDriver):
         ENOMEM (a blocking attach re-arms it), to test rollback of replace."""
         if pasid != 1024:
             return
-        key = id(dev)
+        armed = self._pasid_1024_armed
         if domain.type == IOMMU_DOMAIN_BLOCKED:
-            self._pasid_1024_armed.discard(key)
-        elif key in self._pasid_1024_armed:
-            self._pasid_1024_armed.discard(key)
+            armed.discard(dev)
+        elif dev in armed:
+            armed.discard(dev)
             raise UapiError(errno.ENOMEM, "mock: injected PASID 1024 failure")
         else:
-            self._pasid_1024_armed.add(key)
+            armed.add(dev)
 
     def capable(self, dev: IommuDevice, cap: int) -> bool:
         """mock_domain_capable(): cache coherency, and dirty tracking unless the device is NO_DIRTY."""
