@@ -140,9 +140,9 @@ class PhysMemory:
                 raise VfiolabError(f"frame number out of range 1..{self.nframes - 1}")
         else:
             self._check_frames(f)
-            if len(np.unique(f)) != len(f):
+            if len(f) > 1 and len(np.unique(f)) != len(f):
                 raise VfiolabError("free of the same frame twice")
-        if not np.all(self.refcount[ix] == 1):
+        if (self.refcount[ix] != 1).any():
             bad = f[self.refcount[f] != 1]
             raise VfiolabError(f"free of frame {int(bad[0]):#x} with refcount {int(self.refcount[bad[0]])}")
         self._release(f, ix)

@@ -117,12 +117,15 @@ class AmdV1(Format):
         return PR | (level << 9) | (((pa >> self.GRANULE_LG2) << 12) & OA_MASK) | IR | IW
 
     def is_table(self, e: Entry, level: int) -> Entry:
-        # amdv1pt_load_entry_raw(): NextLevel 0 and 7 are leaves
-        nl = (e >> 9) & 7
-        return (nl != NL_DEFAULT) & (nl != NL_SIZE)
+        # amdv1pt_load_entry_raw(): NextLevel 0 and 7 are leaves; NextLevel + 1 has bit 1 or 2 set
+        # exactly for 1..6
+        return (((e >> 9) + 1) & 6) != 0
 
     def table_pa(self, e: Entry) -> Entry:
-        return ((e & OA_MASK) >> 12) << self.GRANULE_LG2
+        return (e & OA_MASK) >> (12 - self.GRANULE_LG2)  # the OA field holds pa >> granule at bit 12
+
+    def table_frame(self, e: Entry) -> Entry:
+        return (e & OA_MASK) >> (24 - self.GRANULE_LG2)
 
     def oa(self, e: Entry, level: int) -> Entry:
         # amdv1pt_entry_oa(): with the size encoding, drop the trailing ones of the OA field

@@ -184,6 +184,10 @@ class Format:
         """pt_table_pa()."""
         raise NotImplementedError
 
+    def table_frame(self, e: Entry) -> Entry:
+        """pt_table_pa() >> 12: the frame number of the lower table."""
+        return self.table_pa(e) >> 12
+
     def oa(self, e: Entry, level: int) -> Entry:
         """pt_entry_oa(): output address of the start of the (contiguous) entry."""
         raise NotImplementedError

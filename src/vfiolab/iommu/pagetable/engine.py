@@ -227,7 +227,7 @@ class PageTable:
         return self.mem.u64[frames], False
 
     def _children(self, e: U64) -> I64:
-        return (self.fmt.table_pa(e) >> FRAME_SHIFT).astype(np.int64)
+        return self.fmt.table_frame(e).astype(np.int64)  # type: ignore[no-any-return]
 
     def _path(self, v: int) -> list[tuple[int, int, int, int]]:
         """The kernel's descent for one VA: (level, frame, index, entry) down to the first entry that
@@ -360,6 +360,8 @@ class PageTable:
         """Frames of the level-``level`` tables numbered ``tables`` (-1 where missing)."""
         if level == self.top_level or parent is None:
             return np.full(len(tables), self.top_frame, dtype=np.int64)
+        if len(parent.g) == 1:
+            return np.full(len(tables), parent.child[0], dtype=np.int64)
         return parent.child[np.searchsorted(parent.g, tables)]
 
     def _root(self, v0: int, v1: int, floor: int, create: bool = False,
@@ -417,7 +419,11 @@ class PageTable:
                 child[table] = self._children(e[table])
                 leaf = present & ~table
                 missing &= ~present
-            if missing.any():
+            if missing.all():  # all new (the usual case): no selection needed
+                child = self.mem.alloc_frames(len(g))
+                self.table_frames += len(g)
+                self._store(level, g, f, fmt.table(level, child.astype(np.uint64) << FRAME_SHIFT))
+            elif missing.any():
                 new = self.mem.alloc_frames(int(missing.sum()))
                 self.table_frames += len(new)
                 self._store(level, g[missing], f[missing], fmt.table(level, new.astype(np.uint64) << FRAME_SHIFT))
@@ -496,6 +502,9 @@ class PageTable:
         for seg in segs:
             if conflict is not None and conflict <= seg.va:
                 break
+            parent = res.get(self.fmt.pgsz_to_level(seg.lg2) + 1)
+            if parent is not None and parent.fresh.all():
+                continue  # every table of this level was just made: nothing in the way
             level, t, f, g0, g1 = self._seg_tables(seg, res)
             have = (f >= 0) & ~self._seg_fresh(seg, res)
             if not have.any():
@@ -652,6 +661,16 @@ class PageTable:
         table = present & self.fmt.is_table(e, level)
         return _Items(g, e, f, present, table, self._children(e[table]))
 
+    def _one_item(self, level: int, frame: int, g: int) -> _Items:
+        fmt = self.fmt
+        index = g if level == self.top_level else g & (ITEMS - 1)
+        e = int(self.mem.u64_flat[frame * ITEMS + index])
+        present = bool(fmt.present(e))
+        table = present and level > 0 and bool(fmt.is_table(e, level))
+        return _Items(np.array([g], dtype=np.int64), np.array([e], dtype=np.uint64),
+                      np.array([frame], dtype=np.int64), np.array([present]), np.array([table]),
+                      np.array([int(fmt.table_pa(e)) >> FRAME_SHIFT] if table else [], dtype=np.int64))
+
     def _visit(self, v0: int, v1: int, floor: int = 1, partial_only: bool = False
                ) -> tuple[dict[int, _Items], _Rows]:
         """The kernel's walk of [v0, v1]: every item under a present table, level by level above 0
@@ -660,9 +679,12 @@ class PageTable:
         levels: dict[int, _Items] = {}
         level, frame, _ = self._root(v0, v1, floor, partial_only=partial_only)
         isz = fmt.item_lg2(level)
-        g = np.arange(v0 >> isz, (v1 >> isz) + 1, dtype=np.int64)
-        f = np.full(len(g), frame, dtype=np.int64)
-        items = self._items(level, g, self._entries(level, g, f), f)
+        if v0 >> isz == v1 >> isz:  # one item (the usual root): decode it with plain ints
+            items = self._one_item(level, frame, v0 >> isz)
+        else:
+            g = np.arange(v0 >> isz, (v1 >> isz) + 1, dtype=np.int64)
+            f = np.full(len(g), frame, dtype=np.int64)
+            items = self._items(level, g, self._entries(level, g, f), f)
         while True:
             levels[level] = items
             tn, tf = items.g[items.table], items.children
@@ -720,7 +742,14 @@ class PageTable:
         for lvl, it in levels.items():
             isz = fmt.item_lg2(lvl)
             # in item units: leaves starting before end, tables lying wholly inside [v0, lim]
-            free = it.table & (it.g >= (v0 + (1 << isz) - 1) >> isz) & (it.g < (lim + 1) >> isz)
+            first, stop = (v0 + (1 << isz) - 1) >> isz, (lim + 1) >> isz
+            if not len(it.g):
+                continue
+            if int(it.g[0]) >= first and int(it.g[-1]) < stop and it.table.all():
+                freed[lvl] = it.children  # the common case: every item a table the range covers
+                self._store(lvl, it.g, it.f, 0)
+                continue
+            free = it.table & (it.g >= first) & (it.g < stop)
             if it.table.all():
                 leaf, clear = free & False, free
             else:
