@@ -13,9 +13,10 @@ from __future__ import annotations
 import errno
 
 import numpy as np
+import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 
 from vfiolab.errors import UapiError
 from vfiolab.iommu.pagetable import (
@@ -288,13 +289,8 @@ class Differential(RuleBasedStateMachine):
         self.mem.close()
 
 
-def _machine(name: str, make_fmt: object) -> type[RuleBasedStateMachine]:
-    cls = type(name, (Differential,), {"make_fmt": staticmethod(make_fmt)})
-    return settings(max_examples=15, stateful_step_count=20, deadline=None)(cls)  # type: ignore[no-any-return]
-
-
-TestVtdSS = _machine("VtdSSDiff", lambda: VtdSS()).TestCase
-TestAmdV1 = _machine("AmdV1Diff", lambda: AmdV1()).TestCase
-TestAmdV1Mock = _machine("AmdV1MockDiff", lambda: AmdV1Mock()).TestCase
-TestX86_64 = _machine("X86Diff", lambda: X86_64()).TestCase
-TestRiscV = _machine("RiscVDiff", lambda: RiscV64()).TestCase
+@pytest.mark.parametrize("make_fmt", [VtdSS, AmdV1, AmdV1Mock, X86_64, RiscV64],
+                         ids=["vtdss", "amdv1", "amdv1_mock", "x86_64", "riscv64"])
+def test_engine_matches_reference(make_fmt: object) -> None:
+    machine = type("Differential", (Differential,), {"make_fmt": staticmethod(make_fmt)})
+    run_state_machine_as_test(machine, settings=settings(max_examples=15, stateful_step_count=20, deadline=None))

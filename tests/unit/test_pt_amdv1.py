@@ -134,3 +134,19 @@ def test_dirty_bit_and_hardware_update(mem: PhysMemory) -> None:
     mem.write_u64(slot, mem.read_u64(slot) & ~IW)
     assert pt.walk(0x2000, write=True).reason.value == "permission"  # type: ignore[union-attr]
     pt.destroy()
+
+
+def test_contiguous_leaf_frees_empty_tables_before_failing(mem: PhysMemory) -> None:
+    """clear_contig() walks the items of a contiguous leaf in order: an empty table left by an
+    earlier unmap is freed before the next item's leaf makes the map fail with EADDRINUSE."""
+    pt = PageTable(AmdV1(), mem)
+    pt.map(0, 0x1000, 0x1000, RW)
+    assert pt.unmap(0, 0x1000) == 0x1000  # the level-0 table under [0, 2M) stays, empty
+    pt.map(0x20_0000, 0x20_0000, 0x20_0000, RW)  # a 2M leaf at level-1 item 1
+    frames = pt.table_frames
+    with pytest.raises(UapiError) as e:
+        pt.map(0, 0x40_0000, 0x40_0000, RW)  # one 4M entry over items 0 and 1
+    assert e.value.errno == errno.EADDRINUSE
+    assert pt.table_frames == frames - 1
+    assert pt.pte(0) == (1, 0)
+    pt.destroy()

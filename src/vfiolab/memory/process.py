@@ -7,6 +7,9 @@ as the kernel selftests' hugetlb buffers get.  Anonymous pages belong to their V
 file mapping breaks copy-on-write on the first write.  A pin takes a frame reference, so a pinned page
 outlives munmap exactly like a pinned ``struct page``; ``pinned_pages`` is the count iommufd charges to
 ``mm->pinned_vm``.  Syscall-style errors are ``UapiError`` with the kernel's errno.
+
+Simplifications: a read of an untouched anonymous page allocates it (Linux maps the shared zero page),
+pinning never migrates pages, and there is no fork, swap or page cache beyond :class:`MemFile`.
 """
 
 from __future__ import annotations

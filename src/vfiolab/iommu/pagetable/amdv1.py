@@ -6,6 +6,9 @@ Entry bits: PR 0, D 6, NextLevel 11:9, OA 51:12, FC 60, IR 61, IW 62.  NextLevel
 every item it spans.  Table entries carry NextLevel = their own level and IR|IW (permissions are ANDed
 down the walk).  The top level can grow (PT_FEAT_DYNAMIC_TOP, forced on), up to mode 6; the top-most
 level holds no leaves; every power-of-two page size except 512 GiB is possible.
+
+The hardware walk follows a table entry to the level below whatever its NextLevel says (the kernel only
+writes NextLevel = level; AMD's level skipping is not modelled) and sets only D (bit 6) on writes.
 """
 
 from __future__ import annotations

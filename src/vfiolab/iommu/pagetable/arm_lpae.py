@@ -11,6 +11,10 @@ and splits the range with iommu_pgsize(); an existing leaf is EEXIST; a table wh
 torn down with everything under it; unmap walks the core's page-size chunks, stops at a hole or at a
 block larger than the chunk (returning what it had unmapped), frees a table whenever a chunk's page
 size covers it, and otherwise leaves empty tables in place.
+
+Not modelled: the kernel's dirty walk, when asked to start inside a block, carries that offset into the
+addresses it reports for every later leaf (and skips the first entries of later tables); here a range
+starting inside a block reports that block from the range start and every later leaf from its own start.
 """
 
 from __future__ import annotations
