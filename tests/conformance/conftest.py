@@ -58,10 +58,12 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     runs = all_runs()
     skipped = not_ported()
     passed = sum(1 for r in _results.values() if r == "passed")
+    skipped_runs = sum(1 for r in _results.values() if r == "skipped")
     failed = sorted(r for r, o in _results.items() if o == "failed")
     terminalreporter.write_sep("-", "iommufd kselftest conformance")
     terminalreporter.write_line(f"ported runs executed: {len(_results)} of {len(runs)} "
-                                f"(passed {passed}, failed {len(failed)}); "
+                                f"(passed {passed}, skipped as the kernel does {skipped_runs}, "
+                                f"failed {len(failed)}); "
                                 f"listed as not ported: {len(skipped)} (tests/conformance/NOT_PORTED.md)")
     both = sorted(set(_results) & set(skipped))
     if both:

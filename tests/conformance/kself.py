@@ -126,6 +126,18 @@ class Env:
         assert out.stdev_id and out.idev_id
         return out
 
+    def trigger_iopf(self, dev_id: int, pasid: int, fault_fd: int) -> None:
+        """_test_cmd_trigger_iopf(): the device faults (group 2, READ|WRITE at 0xdeadbeaf), the fault is
+        read from the queue's fd and answered with a success response."""
+        self.test.trigger_iopf(dev_id, pasid, 0x2, 0x3, 0xDEADBEAF)
+        f = self.task.fds[fault_fd]
+        raw = f.read(uapi.iommu_hwpt_pgfault.size)  # type: ignore[attr-defined]
+        assert len(raw) == uapi.iommu_hwpt_pgfault.size
+        fault = uapi.iommu_hwpt_pgfault.unpack(raw)
+        assert (fault["dev_id"], fault["pasid"], fault["grpid"], fault["addr"]) == (dev_id, pasid, 2, 0xDEADBEAF)
+        resp = uapi.iommu_hwpt_page_response.pack(cookie=fault["cookie"], code=0)
+        assert f.write(resp) == len(resp)  # type: ignore[attr-defined]
+
     def fork(self) -> Task:
         """fork(): a child whose shared mappings (``buffer``, ``mfd_buffer``) are the parent's; the
         tests only use those from the child."""

@@ -58,6 +58,8 @@ class Self:
     hwpt_id: int = 0
     device_id: int = 0
     base_iova: int = 0
+    inv_buf: int = 0
+    """User memory for invalidation requests (alloc_hwpt_nested)."""
     device_pasid_id: int = 0
 
 
@@ -122,7 +124,7 @@ def test_alloc_hwpt_nested(s: Self) -> None:
     fd = env.fd
     D = uapi.IOMMU_TEST_IOTLB_DEFAULT
     data = env.mmap(PAGE_SIZE)
-    s.inv_buf = data + 256  # type: ignore[attr-defined]
+    s.inv_buf = data + 256
     env.proc.write(data, uapi.iommu_hwpt_selftest.pack(iotlb=D))
     size = uapi.iommu_hwpt_selftest.size
     sel = uapi.IOMMU_HWPT_DATA_SELFTEST
@@ -206,7 +208,7 @@ def test_alloc_hwpt_nested(s: Self) -> None:
     env.test.mock_domain_replace(s.stdev_id, iopf_hwpt)
     with expect_errno(errno.EBUSY):
         fd.destroy(iopf_hwpt)
-    trigger_iopf(env, s.device_id, 0x1, fq.out_fault_fd)
+    env.trigger_iopf(s.device_id, 0x1, fq.out_fault_fd)
     env.test.mock_domain_replace(s.stdev_id, parent)
     fd.destroy(nested_ids[1])
     fd.destroy(iopf_hwpt)
@@ -215,19 +217,6 @@ def test_alloc_hwpt_nested(s: Self) -> None:
     fd.destroy(parent_not_work)
     env.task.close(fq.out_fault_fd)
     fd.destroy(fq.out_fault_id)
-
-
-def trigger_iopf(env: Env, dev_id: int, pasid: int, fault_fd: int) -> None:
-    """_test_cmd_trigger_iopf(): the device faults, the fault is read from the fd and answered."""
-    from vfiolab.iommufd.fault import iommu_hwpt_page_response, iommu_hwpt_pgfault
-    env.test.trigger_iopf(dev_id, pasid, 0x2, 0x3, 0xDEADBEAF)  # perm READ | WRITE
-    f = env.task.fds[fault_fd]
-    raw = f.read(iommu_hwpt_pgfault.size)  # type: ignore[attr-defined]
-    assert len(raw) == iommu_hwpt_pgfault.size
-    fault = iommu_hwpt_pgfault.unpack(raw)
-    assert (fault["dev_id"], fault["pasid"], fault["grpid"], fault["addr"]) == (dev_id, pasid, 2, 0xDEADBEAF)
-    resp = iommu_hwpt_page_response.pack(cookie=fault["cookie"], code=0)
-    assert f.write(resp) == len(resp)  # type: ignore[attr-defined]
 
 
 @kselftest(FIXTURE, ALL)

@@ -15,17 +15,12 @@ from typing import TYPE_CHECKING, Any, Final
 from vfiolab.errors import UapiError
 from vfiolab.iommu.pri import IOMMU_PAGE_RESP_INVALID, IopfGroup, iopf_group_response
 from vfiolab.iommufd.objects import IommufdObject, ObjType
-from vfiolab.iommufd.uapi import CStruct
+from vfiolab.iommufd.uapi import iommu_hwpt_page_response, iommu_hwpt_pgfault
 
 if TYPE_CHECKING:
     from vfiolab.iommufd.main import Iommufd
     from vfiolab.iommufd.ucmd import Ucmd
 
-iommu_hwpt_pgfault: Final = CStruct("iommu_hwpt_pgfault", [
-    ("flags", "u32"), ("dev_id", "u32"), ("pasid", "u32"), ("grpid", "u32"), ("perm",
-                                                                              "u32"), ("__reserved", "u32"),
-    ("addr", "u64"), ("length", "u32"), ("cookie", "u32")])
-iommu_hwpt_page_response: Final = CStruct("iommu_hwpt_page_response", [("cookie", "u32"), ("code", "u32")])
 IOMMUFD_PAGE_RESP_SUCCESS: Final = 0
 IOMMUFD_PAGE_RESP_INVALID: Final = 1
 ESPIPE: Final = errno.ESPIPE
@@ -162,18 +157,28 @@ def fault_queue_alloc(ucmd: Ucmd) -> int:
     if cmd["flags"]:
         raise UapiError(errno.EOPNOTSUPP, f"flags {cmd['flags']:#x}")
     fault = ictx.objects.alloc(IommufdFault(ictx))
-    fault.file = EventqFile(fault, "[iommufd-pgfault]")  # iommufd_eventq_init()
-    fault.users += 1
+    fault.file = eventq_install(ucmd, fault, "[iommufd-pgfault]", "out_fault_id", "out_fault_fd")
+    return 0
+
+
+def eventq_install(ucmd: Ucmd, obj: IommufdObject, name: str, id_field: str, fd_field: str) -> EventqFile:
+    """iommufd_eventq_init() and the rest of an event-queue ioctl: the file (holding the object and the
+    context) gets an fd, the ID and fd are written back, then the object is published; on a failed
+    write-back the fd is closed and the object destroyed."""
+    ictx = ucmd.ictx
+    file = EventqFile(obj, name)
+    obj.users += 1
     ictx.ctx_get()
     task = ictx.current
-    fd = task.fd_install(fault.file)
-    cmd["out_fault_id"] = fault.id
-    cmd["out_fault_fd"] = fd
+    fd = task.fd_install(file)
+    ucmd.cmd[id_field] = obj.id
+    ucmd.cmd[fd_field] = fd
     try:
         ucmd.respond()
     except UapiError:
         task.close_fd(fd)
-        ictx.objects.abort_and_destroy(fault)
+        file.release()
+        ictx.objects.abort_and_destroy(obj)
         raise
-    ictx.objects.finalize(fault)
-    return 0
+    ictx.objects.finalize(obj)
+    return file

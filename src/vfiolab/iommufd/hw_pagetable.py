@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import errno
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
@@ -24,6 +23,7 @@ from vfiolab.iommufd import uapi
 from vfiolab.iommufd.ioas import Ioas
 from vfiolab.iommufd.objects import IommufdObject, ObjType
 from vfiolab.iommufd.uapi import PAGE_SIZE, ULONG_MAX
+from vfiolab.iommufd.userdata import UserData
 
 if TYPE_CHECKING:
     from vfiolab.iommufd.device import IommufdDevice
@@ -33,16 +33,6 @@ if TYPE_CHECKING:
 IOMMU_NO_PASID: Final = 0
 HWPT_INVALIDATE_ENTRY_NUM_MAX: Final = 1 << 19
 """hw_pagetable.c IOMMU_HWPT_INVALIDATE_ENTRY_NUM_MAX."""
-
-
-@dataclass(frozen=True)
-class UserData:
-    """struct iommu_user_data / iommu_user_data_array: driver data in user memory."""
-
-    type: int
-    uptr: int
-    len: int
-    entry_num: int = 0
 
 
 PagingDecoder = Callable[["Iommufd", "IommufdDevice", int, UserData | None], "Mapping[str, Any] | None"]

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, ClassVar, Final, Self
 from vfiolab.errors import UapiError, VfiolabError
 from vfiolab.iommufd import uapi
 from vfiolab.iommufd.device import IommufdGroup
+from vfiolab.iommufd.immap import MmapTree
 from vfiolab.iommufd.objects import IommufdObject, ObjectTable
 from vfiolab.iommufd.pages import IOPT_PAGES_ACCOUNT_MM, IOPT_PAGES_ACCOUNT_USER
 from vfiolab.iommufd.task import Task
@@ -36,7 +37,7 @@ from vfiolab.iommufd.ucmd import (
     copy_struct_from_user,
     get_user_u32,
 )
-from vfiolab.memory import UserProcess
+from vfiolab.memory import MAP_SHARED, PROT_READ, PROT_WRITE, UserProcess
 
 if TYPE_CHECKING:
     from vfiolab.iommufd.ioas import Ioas
@@ -144,6 +145,8 @@ class Iommufd:
         """iommufd_fops_release() ran: every object is gone."""
         self._refs = 1
         self._test: SelftestOps | None = None
+        self.mt_mmap = MmapTree(self)
+        """Regions drivers offer to mmap() (ictx->mt_mmap) and the mappings of them."""
 
     # ------------------------------------------------------------------ context
     @contextmanager
@@ -196,6 +199,17 @@ class Iommufd:
         self.closed = True
         self.ctx_put()
 
+    def mmap(self, length: int, offset: int, prot: int = PROT_READ | PROT_WRITE, flags: int = MAP_SHARED) -> int:
+        """mmap(2) of this fd in the calling process (a driver's region, e.g. a vIOMMU's page): the
+        mapped address."""
+        if self.closed:
+            raise UapiError(errno.EBADF, "iommufd is closed")
+        return self.mt_mmap.mmap(length, offset, prot, flags)
+
+    def munmap(self, addr: int, length: int) -> None:
+        """munmap(2) of a mapping made by :meth:`mmap`."""
+        self.mt_mmap.munmap(addr, length)
+
     def __enter__(self) -> Self:
         return self
 
@@ -231,7 +245,15 @@ class Iommufd:
         if op.name == "test_cmd":
             from vfiolab.iommufd.mock import test_cmd
             return test_cmd(ucmd)
-        return self._handler(op.name)(ucmd)
+        try:
+            rc = self._handler(op.name)(ucmd)
+        except UapiError:
+            if ucmd.new_obj is not None:  # iommufd_fops_ioctl(): the command's object goes
+                self.objects.abort_and_destroy(ucmd.new_obj)
+            raise
+        if ucmd.new_obj is not None:
+            self.objects.finalize(ucmd.new_obj)
+        return rc
 
     def ioctl(self, cmd: int, arg: bytes | bytearray | int | None) -> bytes | int:
         """ioctl(2).  ``arg`` as bytes/bytearray is the struct itself (its bytes are all the user memory

@@ -43,12 +43,15 @@ from vfiolab.iommufd.device import (
     device_unbind,
     get_device,
 )
-from vfiolab.iommufd.hw_pagetable import INVALIDATE_OPS, NESTED_DATA, PAGING_DATA, HwPagetable, UserData
+from vfiolab.iommufd.hw_pagetable import INVALIDATE_OPS, NESTED_DATA, PAGING_DATA, HwPagetable
 from vfiolab.iommufd.ioas import get_ioas
+from vfiolab.iommufd.mock_viommu import SelftestDriver
 from vfiolab.iommufd.objects import IommufdObject, ObjType
 from vfiolab.iommufd.pages import IoptPages, alloc_dmabuf_pages
-from vfiolab.iommufd.uapi import PAGE_SIZE, ULONG_MAX, CStruct
-from vfiolab.iommufd.ucmd import ProcessBuffer, Ucmd, copy_struct_from_user
+from vfiolab.iommufd.uapi import PAGE_SIZE, ULONG_MAX
+from vfiolab.iommufd.ucmd import Ucmd
+from vfiolab.iommufd.userdata import UserData, copy_user_data
+from vfiolab.iommufd.viommu import IommufdViommu
 from vfiolab.memory import MAP_HUGETLB, PhysMemory, UserProcess
 
 if TYPE_CHECKING:
@@ -66,7 +69,7 @@ class MockIommu:
 
     def __init__(self, mem: PhysMemory) -> None:
         self.mem = mem
-        self.driver = MockDriver()
+        self.driver = SelftestDriver(self.state_of)
         self.unit = make_unit("mock", mem, name="iommufd_selftest_iommu", driver=self.driver)
         self.memory_limit = MOCK_DEFAULT_MEMORY_LIMIT
         self._ida: set[int] = set()
@@ -96,6 +99,10 @@ class MockIommu:
         self.devs.pop(id(mdev.dev), None)
         self._ida.discard(mdev.id)
 
+    def state_of(self, dev: IommuDevice) -> MockDev | None:
+        """to_mock_dev(): the mock state of one of this mock's devices."""
+        return self.devs.get(id(dev))
+
     def is_mock_dev(self, dev: IommuDevice) -> bool:
         """iommufd_selftest_is_mock_dev()."""
         return id(dev) in self.devs
@@ -110,6 +117,9 @@ class MockDev:
     flags: int
     cache: list[int] = field(
         default_factory=lambda: [uapi.IOMMU_TEST_DEV_CACHE_DEFAULT] * uapi.MOCK_DEV_CACHE_NUM)
+    viommu: IommufdViommu | None = None
+    """The vIOMMU of the nested domain the device is attached to, and its virtual ID there."""
+    vdev_id: int = 0
 
 
 class SelftestObj(IommufdObject):
@@ -218,24 +228,6 @@ def _selftest(ictx: Iommufd) -> MockIommu:
 
 
 # ---------------------------------------------------------------------- driver hooks registered with iommufd
-def copy_user_data(ictx: Iommufd, st: CStruct, ud: UserData, data_type: int, min_last: str,
-                   index: int | None = None) -> dict[str, int]:
-    """iommu_copy_struct_from_user() / _from_user_array(): the type must match, the user length must
-    lie in [offsetofend(min_last), sizeof] (EINVAL), then copy_struct_from_user()."""
-    if index is not None:
-        if index >= ud.entry_num or not ud.entry_num:
-            raise UapiError(errno.EINVAL, "array index beyond entry_num")
-        uptr, length = ud.uptr + ud.len * index, ud.len
-    else:
-        uptr, length = ud.uptr, ud.len
-    if ud.type != data_type:
-        raise UapiError(errno.EINVAL, f"data type {ud.type:#x}, expected {data_type:#x}")
-    if length < st.offsetofend(min_last) or st.size < length:
-        raise UapiError(errno.EINVAL, f"data length {length} outside [{st.offsetofend(min_last)}, {st.size}]")
-    raw = copy_struct_from_user(st.size, ProcessBuffer(ictx.current.process, uptr), length)
-    return st.unpack(raw)
-
-
 def _mock_paging_data(ictx: Iommufd, idev: IommufdDevice, flags: int,
                       ud: UserData | None) -> Mapping[str, Any] | None:
     # selftest.c mock_domain_alloc_paging_flags(): flags, then the data type, then the copy
@@ -665,9 +657,14 @@ def test_cmd(ucmd: Ucmd) -> int:
             flags |= IOMMU_FAULT_PAGE_REQUEST_PASID_VALID
         iommu_report_device_fault(idev.dev, PageRequest(flags, m["pasid"], m["grpid"], m["perm"], m["addr"]))
         return 0
-    if op == uapi.IOMMU_TEST_OP_TRIGGER_VEVENT:
-        get_device(ictx, m["dev_id"])
-        raise UapiError(errno.ENOENT, "the mock device has no vIOMMU/vDEVICE")
+    if op == uapi.IOMMU_TEST_OP_TRIGGER_VEVENT:  # iommufd_test_trigger_vevent()
+        idev = get_device(ictx, m["dev_id"])
+        mdev = _selftest(ictx).state_of(idev.dev)
+        if mdev is None or mdev.viommu is None or not mdev.vdev_id:
+            raise UapiError(errno.ENOENT, "the mock device is not behind a vIOMMU with a vDEVICE")
+        event = uapi.iommu_viommu_event_selftest.pack(virt_id=mdev.vdev_id & 0xFFFF_FFFF)
+        mdev.viommu.report_event(uapi.IOMMU_VEVENTQ_TYPE_SELFTEST, event)
+        return 0
     if op in (uapi.IOMMU_TEST_OP_PASID_ATTACH, uapi.IOMMU_TEST_OP_PASID_REPLACE):
         sobj = _get_selftest_obj(ictx, oid)
         assert sobj.idev is not None
@@ -814,6 +811,10 @@ class SelftestOps:
         """IOMMU_TEST_OP_TRIGGER_IOPF: the mock device reports a page request."""
         self._call(uapi.IOMMU_TEST_OP_TRIGGER_IOPF, 0, dev_id=dev_id, pasid=pasid, grpid=grpid, perm=perm,
                    addr=addr)
+
+    def trigger_vevent(self, dev_id: int) -> None:
+        """IOMMU_TEST_OP_TRIGGER_VEVENT: the device's vIOMMU reports a selftest vEVENT."""
+        self._call(uapi.IOMMU_TEST_OP_TRIGGER_VEVENT, 0, dev_id=dev_id)
 
     def pasid_attach(self, stdev_id: int, pasid: int, pt_id: int) -> int:
         """IOMMU_TEST_OP_PASID_ATTACH."""

@@ -302,6 +302,12 @@ iommu_ioas_change_process: Final = CStruct("iommu_ioas_change_process", [("size"
 iommu_veventq_alloc: Final = CStruct("iommu_veventq_alloc", [
     ("size", "u32"), ("flags", "u32"), ("viommu_id", "u32"), ("type", "u32"), ("veventq_depth", "u32"),
     ("out_veventq_id", "u32"), ("out_veventq_fd", "u32"), ("__reserved", "u32")])
+IOMMU_VEVENTQ_FLAG_LOST_EVENTS: Final = 1 << 0
+iommufd_vevent_header: Final = CStruct("iommufd_vevent_header", [("flags", "u32"), ("sequence", "u32")])
+iommu_hwpt_pgfault: Final = CStruct("iommu_hwpt_pgfault", [
+    ("flags", "u32"), ("dev_id", "u32"), ("pasid", "u32"), ("grpid", "u32"), ("perm", "u32"),
+    ("__reserved", "u32"), ("addr", "u64"), ("length", "u32"), ("cookie", "u32")])
+iommu_hwpt_page_response: Final = CStruct("iommu_hwpt_page_response", [("cookie", "u32"), ("code", "u32")])
 iommu_hw_queue_alloc: Final = CStruct("iommu_hw_queue_alloc", [
     ("size", "u32"), ("flags", "u32"), ("viommu_id", "u32"), ("type", "u32"), ("index", "u32"),
     ("out_hw_queue_id", "u32"), ("nesting_parent_iova", "u64"), ("length", "u64")])
@@ -358,11 +364,22 @@ IOMMU_TEST_DEV_CACHE_DEFAULT: Final = 0xBADDAD
 IOMMU_HWPT_INVALIDATE_DATA_SELFTEST: Final = 0xDEADBEEF
 IOMMU_HWPT_INVALIDATE_DATA_SELFTEST_INVALID: Final = 0xDADBEEF
 IOMMU_TEST_INVALIDATE_FLAG_ALL: Final = 1 << 0
+IOMMU_VIOMMU_TYPE_SELFTEST: Final = 0xDEADBEEF
+IOMMU_VIOMMU_INVALIDATE_DATA_SELFTEST: Final = 0xDEADBEEF
+IOMMU_VIOMMU_INVALIDATE_DATA_SELFTEST_INVALID: Final = 0xDADBEEF
+IOMMU_VEVENTQ_TYPE_SELFTEST: Final = 0xBEEFBEEF
+IOMMU_HW_QUEUE_TYPE_SELFTEST: Final = 0xDEADBEEF
+IOMMU_TEST_HW_QUEUE_MAX: Final = 2
 
 iommu_test_hw_info: Final = CStruct("iommu_test_hw_info", [("flags", "u32"), ("test_reg", "u32")])
 iommu_hwpt_selftest: Final = CStruct("iommu_hwpt_selftest", [("iotlb", "u32"), ("pagetable_type", "u32")])
 iommu_hwpt_invalidate_selftest: Final = CStruct("iommu_hwpt_invalidate_selftest",
                                                 [("flags", "u32"), ("iotlb_id", "u32")])
+iommu_viommu_selftest: Final = CStruct("iommu_viommu_selftest", [
+    ("in_data", "u32"), ("out_data", "u32"), ("out_mmap_offset", "u64"), ("out_mmap_length", "u64")])
+iommu_viommu_invalidate_selftest: Final = CStruct("iommu_viommu_invalidate_selftest", [
+    ("flags", "u32"), ("vdev_id", "u32"), ("cache_id", "u32")])
+iommu_viommu_event_selftest: Final = CStruct("iommu_viommu_event_selftest", [("virt_id", "u32")])
 
 TEST_CMD_UNION_OFFSET: Final = 16
 iommu_test_cmd: Final = CStruct("iommu_test_cmd", [

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import errno
 import struct
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar
 
 from vfiolab.errors import UapiError
 from vfiolab.iommufd.uapi import CStruct, IoctlOp
@@ -19,6 +19,8 @@ from vfiolab.memory import UserProcess
 
 if TYPE_CHECKING:
     from vfiolab.iommufd.main import Iommufd, IommufdObject
+
+T = TypeVar("T", bound="IommufdObject")
 
 _ZERO_CHUNK: Final = 1 << 16
 
@@ -95,6 +97,13 @@ class Ucmd:
         self.cmd: dict[str, Any] = op.struct.unpack(raw)
         self.new_obj: IommufdObject | None = None
         self.responded = False
+
+    def alloc_obj(self, obj: T) -> T:
+        """_iommufd_object_alloc_ucmd(): reserve an ID for the command's object; the dispatcher
+        finalizes it when the handler succeeds and aborts and destroys it when it fails."""
+        assert self.new_obj is None, "one object per command"
+        self.new_obj = self.ictx.objects.alloc(obj)
+        return obj
 
     @property
     def struct(self) -> CStruct:
