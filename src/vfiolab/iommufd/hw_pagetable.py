@@ -22,7 +22,7 @@ from vfiolab.iommu.driver import IOMMU_CAP_DIRTY_TRACKING, IOMMU_CAP_ENFORCE_CAC
 from vfiolab.iommufd import uapi
 from vfiolab.iommufd.ioas import Ioas
 from vfiolab.iommufd.objects import IommufdObject, ObjType
-from vfiolab.iommufd.uapi import PAGE_SIZE, ULONG_MAX
+from vfiolab.iommufd.uapi import PAGE_SIZE
 from vfiolab.iommufd.userdata import UserData
 
 if TYPE_CHECKING:
@@ -347,12 +347,15 @@ def enforce_cc_capable(idev: IommufdDevice) -> bool:
 
 
 __all__ = [
-    "ULONG_MAX",
+    "INVALIDATE_OPS",
+    "NESTED_DATA",
+    "PAGING_DATA",
     "HwPagetable",
     "HwptNested",
     "HwptPaging",
     "UserData",
     "find_hwpt_paging",
+    "get_hwpt_paging",
     "hw_pagetable_put",
     "hwpt_alloc",
     "hwpt_get_dirty_bitmap",

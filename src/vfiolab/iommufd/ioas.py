@@ -247,12 +247,16 @@ def ioas_unmap(ucmd: Ucmd) -> int:
 
 
 def _all_pages(ictx: Iommufd) -> list[IoptPages]:
+    # for_each_ioas_area(): IOAS by ID, areas by IOVA; the first area being set up (EBUSY) or not
+    # of a file (EINVAL) stops the walk
     out: list[IoptPages] = []
     for obj in ictx.objects:
         if isinstance(obj, Ioas):
             for area in obj.iopt.areas:
                 if area.pages is None:
                     raise UapiError(errno.EBUSY, "an area is being set up")
+                if area.pages.kind != AddressType.FILE:
+                    raise UapiError(errno.EINVAL, "only IOMMU_IOAS_MAP_FILE maps can change process")
                 out.append(area.pages)
     return out
 
@@ -265,9 +269,6 @@ def ioas_change_process(ucmd: Ucmd) -> int:
     ictx = ucmd.ictx
     cur = ictx.current
     all_pages = _all_pages(ictx)
-    for pages in all_pages:
-        if pages.kind != AddressType.FILE:
-            raise UapiError(errno.EINVAL, "only IOMMU_IOAS_MAP_FILE maps can change process")
 
     def need_charge_update(p: IoptPages) -> bool:
         if p.account_mode == IOPT_PAGES_ACCOUNT_NONE:
