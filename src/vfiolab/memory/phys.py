@@ -31,12 +31,20 @@ DEFAULT_SIZE: Final = 64 << 30
 FrameArray = npt.NDArray[np.int64]
 
 
-def _index(frames: FrameArray) -> FrameArray | slice:
-    """A slice when the frames are one ascending run (numpy then copies/fills memory linearly)."""
+def frame_run(frames: FrameArray) -> slice | None:
+    """The frames as a slice when they are one ascending run (numpy then copies or fills memory
+    linearly instead of gathering rows), else None."""
     n = len(frames)
-    if n and int(frames[-1]) - int(frames[0]) == n - 1 and (n < 3 or bool(np.all(np.diff(frames) == 1))):
-        return slice(int(frames[0]), int(frames[0]) + n)
-    return frames
+    if not n or int(frames[-1]) - int(frames[0]) != n - 1:
+        return None
+    if n > 2 and np.count_nonzero(frames[1:] - frames[:-1] - 1):
+        return None
+    return slice(int(frames[0]), int(frames[0]) + n)
+
+
+def _index(frames: FrameArray) -> FrameArray | slice:
+    run = frame_run(frames)
+    return frames if run is None else run
 
 
 class PhysMemory:
@@ -131,7 +139,8 @@ class PhysMemory:
     def free_frames(self, frames: npt.ArrayLike) -> None:
         """Free frames owned by one user (refcount 1), zeroing them; a frame still referenced
         elsewhere (pinned, shared) is a caller bug and raises VfiolabError."""
-        f = np.asarray(frames, dtype=np.int64).reshape(-1)
+        f = frames if isinstance(frames, np.ndarray) and frames.dtype == np.int64 and frames.ndim == 1 \
+            else np.asarray(frames, dtype=np.int64).reshape(-1)
         if not len(f):
             return
         ix = _index(f)
@@ -142,7 +151,7 @@ class PhysMemory:
             self._check_frames(f)
             if len(f) > 1 and len(np.unique(f)) != len(f):
                 raise VfiolabError("free of the same frame twice")
-        if (self.refcount[ix] != 1).any():
+        if np.count_nonzero(self.refcount[ix] != 1):
             bad = f[self.refcount[f] != 1]
             raise VfiolabError(f"free of frame {int(bad[0]):#x} with refcount {int(self.refcount[bad[0]])}")
         self._release(f, ix)

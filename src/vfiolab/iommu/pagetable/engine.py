@@ -49,7 +49,7 @@ from vfiolab.iommu.pagetable.common import (
     WalkFault,
     plan_leaves,
 )
-from vfiolab.memory.phys import FRAME_SHIFT, PhysMemory
+from vfiolab.memory.phys import FRAME_SHIFT, PhysMemory, frame_run
 
 I64 = npt.NDArray[np.int64]
 Bools = npt.NDArray[np.bool_]
@@ -106,11 +106,6 @@ class _Scan(NamedTuple):
 
 def _arange_items(tables: I64) -> I64:
     return (tables[:, None] * ITEMS + _IDX[None, :]).reshape(-1)
-
-
-def _is_run(frames: I64) -> bool:
-    n = len(frames)
-    return bool(n) and int(frames[-1]) - int(frames[0]) == n - 1 and (n < 3 or bool(np.all(np.diff(frames) == 1)))
 
 
 class PageTable:
@@ -222,9 +217,8 @@ class PageTable:
 
     def _block(self, frames: I64) -> tuple[U64, bool]:
         """Rows of the table frames, and whether that is a view (one ascending run) or a copy."""
-        if _is_run(frames):
-            return self.mem.u64[frames[0]:frames[-1] + 1], True
-        return self.mem.u64[frames], False
+        run = frame_run(frames)
+        return (self.mem.u64[run], True) if run is not None else (self.mem.u64[frames], False)
 
     def _children(self, e: U64) -> I64:
         return self.fmt.table_frame(e).astype(np.int64)  # type: ignore[no-any-return]
@@ -634,7 +628,7 @@ class PageTable:
         """Whole tables ``frames``: table k gets row0 + k*per_table + the template's first row."""
         tpl = self._template(clg2, stride)
         k = len(frames)
-        run = _is_run(frames)
+        run = frame_run(frames) is not None
         dst = self.mem.u64[frames[0]:frames[0] + k] if run else np.empty((k, ITEMS), np.uint64)
         q, r = divmod(k, _TEMPLATE_ROWS)
         if q:
@@ -739,6 +733,7 @@ class PageTable:
             end = ((v1 >> span) + 1) << span
         lim = min(v1, end - 1)
         freed: dict[int, I64] = {}
+        all_freed = False  # every table of the level above is freed: this level's tables go whole
         for lvl, it in levels.items():
             isz = fmt.item_lg2(lvl)
             # in item units: leaves starting before end, tables lying wholly inside [v0, lim]
@@ -747,8 +742,11 @@ class PageTable:
                 continue
             if int(it.g[0]) >= first and int(it.g[-1]) < stop and it.table.all():
                 freed[lvl] = it.children  # the common case: every item a table the range covers
-                self._store(lvl, it.g, it.f, 0)
+                if not all_freed:  # (freeing zeroes the tables that are going anyway)
+                    self._store(lvl, it.g, it.f, 0)
+                all_freed = True
                 continue
+            all_freed = False
             free = it.table & (it.g >= first) & (it.g < stop)
             if it.table.all():
                 leaf, clear = free & False, free
@@ -792,10 +790,8 @@ class PageTable:
         inside = (t * ITEMS >= lo) & (t * ITEMS + ITEMS - 1 <= hi)
         if inside.any():
             whole = f[inside]
-            if _is_run(whole):
-                self.mem.u64[whole[0]:whole[-1] + 1] = 0
-            else:
-                self.mem.u64[whole] = 0
+            run = frame_run(whole)
+            self.mem.u64[whole if run is None else run] = 0
         edge = ~inside & (t * ITEMS <= hi) & (t * ITEMS + ITEMS - 1 >= lo)
         for tn, fr in zip(t[edge].tolist(), f[edge].tolist()):
             self.mem.u64[fr, max(lo - tn * ITEMS, 0):min(hi - tn * ITEMS, ITEMS - 1) + 1] = 0
