@@ -7,13 +7,13 @@ access (IOMMU_FAULT_PERM_* bits, ``include/linux/iommu.h``) and why translation 
 
 from __future__ import annotations
 
-import enum
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
 from vfiolab.errors import VfiolabError
+from vfiolab.iommu.pagetable.common import FaultReason  # one enum: walk stops are a subset
 
 # include/linux/iommu.h
 IOMMU_FAULT_PERM_READ: Final = 1 << 0
@@ -22,32 +22,6 @@ IOMMU_FAULT_PERM_EXEC: Final = 1 << 2
 IOMMU_FAULT_PERM_PRIV: Final = 1 << 3
 
 DEFAULT_QUEUE_DEPTH: Final = 256
-
-
-class FaultReason(enum.Enum):
-    """Why a request was not translated."""
-
-    BLOCKED = "blocked"
-    """No translation is attached for this RID/PASID, or the blocking domain is (context/PASID entry
-    not present)."""
-    NOT_PRESENT = "not-present"
-    """A page-table entry on the walk is not present."""
-    PERMISSION = "permission"
-    """The translation exists but does not allow the access."""
-    ADDRESS_SIZE = "address-size"
-    """The IOVA is outside what the page table can translate."""
-    STAGE2 = "stage2"
-    """Nested: a stage-1 table access (or the stage-1 output) failed stage-2 translation."""
-    PASID = "pasid"
-    """The request carried a PASID the device may not use (PASID not enabled or beyond its width)."""
-    BAD_PA = "bad-pa"
-    """The translation points outside RAM."""
-    ATS_DISABLED = "ats-disabled"
-    """A translated request or translation request from a function whose ATS is not enabled."""
-    PRI_INVALID = "pri-invalid"
-    """A page request was answered Invalid Request (the device gives up on the access)."""
-    PRI_FAILURE = "pri-failure"
-    """A page request was answered Response Failure, or the device's PRI is stopped."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -262,11 +262,30 @@ HW_LEAF: Final = 2
 
 
 class FaultReason(enum.Enum):
-    """Why a hardware walk stopped."""
+    """Why a request was not translated (a page-table walk stops with the first three; the IOMMU
+    core adds the others)."""
 
+    BLOCKED = "blocked"
+    """No translation is attached for this RID/PASID, or the blocking domain is (context/PASID entry
+    not present)."""
     NOT_PRESENT = "not-present"
+    """A page-table entry on the walk is not present."""
     PERMISSION = "permission"
+    """The translation exists but does not allow the access."""
     ADDRESS_SIZE = "address-size"
+    """The IOVA is outside what the page table can translate."""
+    STAGE2 = "stage2"
+    """Nested: a stage-1 table access (or the stage-1 output) failed stage-2 translation."""
+    PASID = "pasid"
+    """The request carried a PASID the device may not use (PASID not enabled or beyond its width)."""
+    BAD_PA = "bad-pa"
+    """The translation points outside RAM."""
+    ATS_DISABLED = "ats-disabled"
+    """A translated request or translation request from a function whose ATS is not enabled."""
+    PRI_INVALID = "pri-invalid"
+    """A page request was answered Invalid Request (the device gives up on the access)."""
+    PRI_FAILURE = "pri-failure"
+    """A page request was answered Response Failure, or the device's PRI is stopped."""
 
 
 @dataclass(frozen=True, slots=True)
