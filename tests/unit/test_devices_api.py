@@ -269,3 +269,21 @@ def test_save_load_round_trip_and_refusals() -> None:
         PassiveDevice(PcieEndpoint(1, 2, 3)).load_state(blob)
     with pytest.raises(VfiolabError, match="claims"):
         b.load_state(blob[:-1])
+
+
+def test_default_dirty_log_pages_inside_ranges() -> None:
+    d = Toy()
+    enable(d)
+    d.attach_dma(Ram())
+    log = d.dirty
+    log.start([(0x1000, 0x3000), (0x10000, 0x1000)], 0x1000)
+    d.dma_write(0x0FF0, b"x" * 0x20)     # straddles into the first range: page 0x1000 only
+    d.dma_write(0x3FFF, b"yy")           # last byte of the first range + outside
+    d.dma_write(0x10800, b"z", pasid=3)  # PASID traffic is not logged
+    assert log.read_and_clear(0, 1 << 20).tolist() == [0x1000, 0x3000]
+    assert log.read_and_clear(0, 1 << 20).tolist() == []
+    with pytest.raises(VfiolabError, match="already"):
+        log.start([(0, 0x1000)], 0x1000)
+    log.stop()
+    with pytest.raises(VfiolabError, match="not running"):
+        log.read_and_clear(0, 1)

@@ -12,8 +12,9 @@ A :class:`Device` is
   :class:`~vfiolab.devices.irq.InterruptSink`),
 * reset (the function's FLR / hot / fundamental reset reaches :meth:`Device.on_reset`),
 * migration state (:meth:`save_state`/:meth:`load_state`, :meth:`set_running`) and the pages it dirtied
-  (every completed DMA write without PASID goes to :attr:`dirty`, a :class:`DirtySink` the host attaches:
-  vfio's page tracker for DMA logging, a vfio-user server's log).
+  (every completed DMA write without PASID goes to :attr:`dirty`, a :class:`DirtySink`: by default the
+  device's own :class:`~vfiolab.devices.dirty.DirtyLog`; a host may attach another, such as vfio's page
+  tracker for DMA logging).
 
 Work a device does "later" (a DMA engine, a computation) is queued with :meth:`defer` and run by
 :meth:`service`, which hosts call after each access (:meth:`after_access`) unless :attr:`hold` is set, so
@@ -30,10 +31,14 @@ import numpy as np
 
 from vfiolab.devices import state as st
 from vfiolab.devices.bars import DeviceBar, MmioRegion, RamRegion, ReadFn, Region, WriteFn
+from vfiolab.devices.dirty import DirtyLog
 from vfiolab.devices.irq import InterruptLines, InterruptSink
 from vfiolab.devices.shm import SharedMemory
 from vfiolab.errors import VfiolabError
 from vfiolab.pci import regs
+from vfiolab.pci.caps import pm as pm_regs
+from vfiolab.pci.caps.pm import PmCap
+from vfiolab.pci.config import RESET_FLR
 from vfiolab.pci.function import PciFunction
 
 
@@ -98,7 +103,7 @@ class Device:
         self.bars: dict[int, DeviceBar] = {b.index: DeviceBar(b) for b in fn.bars}
         self.irq = InterruptLines(fn)
         self.dma: DmaPort = NoDmaPort()
-        self.dirty: DirtySink = NoTracking()
+        self.dirty: DirtySink = DirtyLog()
         self.hold = False
         """Keep deferred work queued across :meth:`after_access` (software then sees the device busy)."""
         self.running = True
@@ -109,6 +114,9 @@ class Device:
         for bar_index, region in self.irq.table_regions():
             self.add_region(bar_index, region)
         fn.add_reset_listener(self._function_reset)
+        pm = next((c for c in fn.caps.std if isinstance(c, PmCap)), None)
+        if pm is not None:
+            fn.cs.add_write_hook(pm.offset + pm_regs.PMCSR, 2, self._pmcsr_written)
 
     # ------------------------------------------------------------------ building
     def bar(self, index: int) -> DeviceBar:
@@ -232,6 +240,12 @@ class Device:
     def reset(self, kind: str = "flr") -> None:
         """Reset the function (config space, then :meth:`on_reset`), as hardware does for ``kind``."""
         self.function.reset(kind)
+
+    def _pmcsr_written(self, off: int, size: int, old: int, new: int) -> None:
+        # PCI PM 1.2 §5.4: D3hot -> D0 with No_Soft_Reset clear is an internal reset of the function
+        # (what Linux's pci_pm_reset() relies on).
+        if old & pm_regs.CTRL_STATE == 3 and new & pm_regs.CTRL_STATE == 0 and not new & pm_regs.CTRL_NO_SOFT_RESET:
+            self.function.reset(RESET_FLR)
 
     def _function_reset(self, kind: str) -> None:
         self._work.clear()

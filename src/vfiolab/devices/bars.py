@@ -201,7 +201,6 @@ class DeviceBar:
             for off, size in split_access(pos, stop - pos, max_width):
                 self.write(off, size, int.from_bytes(raw[off - offset:off - offset + size], "little"))
             pos = stop
-        return None
 
     def _piece_end(self, pos: int, end: int, region: Region | None) -> int:
         if region is not None:

@@ -179,7 +179,7 @@ class Edu(Device):
     def _in_buffer(self, start: int, size: int) -> bool:
         end = (start + size) & _U64
         dma_end = DMA_START + DMA_SIZE
-        if end >= start and start >= DMA_START and end <= dma_end:
+        if end >= start >= DMA_START and end <= dma_end:
             return True
         self.guest_errors.append(f"EDU: DMA range {start:#018x}-{(end - 1) & _U64:#018x} out of bounds "
                                  f"({DMA_START:#018x}-{dma_end - 1:#018x})!")
