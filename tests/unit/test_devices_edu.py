@@ -7,9 +7,9 @@ from __future__ import annotations
 import math
 
 import pytest
-from lspci_oracle import run_lspci
 from test_devices_api import Ram, enable
 
+from lspci_oracle import run_lspci
 from vfiolab.devices import Edu, RecordingSink
 from vfiolab.devices import edu as E
 from vfiolab.errors import VfiolabError

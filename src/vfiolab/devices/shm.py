@@ -7,6 +7,7 @@ whole mapping that never moves.  ``fd`` and a file offset are what another proce
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 import os
 from typing import Final
@@ -83,10 +84,8 @@ class SharedMemory:
         self.fd = -1
 
     def __del__(self) -> None:
-        try:
+        with contextlib.suppress(Exception):  # interpreter shutdown may have torn down os/mmap
             self.close()
-        except Exception:  # noqa: BLE001 - interpreter shutdown
-            pass
 
     def __repr__(self) -> str:
         return f"<SharedMemory {self.name} {self.size:#x} fd={self.fd}>"
