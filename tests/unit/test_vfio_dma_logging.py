@@ -18,7 +18,6 @@ import struct
 import numpy as np
 import pytest
 
-from vfiolab.devices.api import DmaError
 from vfiolab.devices.testdev import (
     BUF_BAR,
     CMD_WRITE,
@@ -31,9 +30,8 @@ from vfiolab.devices.testdev import (
     STATUS_DONE,
     TestDev,
 )
-from vfiolab.errors import UapiError, VfiolabError
+from vfiolab.errors import UapiError
 from vfiolab.iommu.device import IommuDevice
-from vfiolab.iommu.dma import DmaPort
 from vfiolab.iommu.driver import make_unit
 from vfiolab.iommu.group import IommuGroup, iommu_probe_device
 from vfiolab.iommufd import Iommufd
@@ -50,6 +48,7 @@ from vfiolab.vfio.dma_logging import (
     logging_start,
 )
 from vfiolab.vfio.feature import device_feature
+from vfiolab.vfio.pci_core import IommuDmaPort
 from vfiolab.vfio.uapi import (
     VFIO_DEVICE_FEATURE_DMA_LOGGING_REPORT,
     VFIO_DEVICE_FEATURE_DMA_LOGGING_START,
@@ -240,25 +239,6 @@ def test_iova_bitmap_clips_to_its_range() -> None:
 
 
 # ---------------------------------------------------------------------- a real device through the IOMMU
-class IommuPort:
-    """The in-process host port: DMA through the IOMMU, refusals as the device API's DmaError."""
-
-    def __init__(self, dev: IommuDevice) -> None:
-        self.port = DmaPort(dev)
-
-    def dma_read(self, iova: int, length: int, pasid: int | None = None) -> bytes:
-        try:
-            return self.port.dma_read(iova, length, pasid)
-        except VfiolabError as e:
-            raise DmaError(iova, length, False, pasid, str(e)) from None
-
-    def dma_write(self, iova: int, data: bytes | bytearray | memoryview, pasid: int | None = None) -> None:
-        try:
-            self.port.dma_write(iova, data, pasid)
-        except VfiolabError as e:
-            raise DmaError(iova, len(data), True, pasid, str(e)) from None
-
-
 def test_testdev_dma_writes_are_logged() -> None:
     """testdev copies its buffer to guest memory by DMA through a mock IOMMU domain; the tracker attached
     as its dirty sink logs exactly the pages written; a faulting DMA logs nothing."""
@@ -275,7 +255,7 @@ def test_testdev_dma_writes_are_logged() -> None:
     iova = 1 << 24
     ictx.ioas_map(ioas, va, 64 * K4, iova, flags=7)
     dev = TestDev()
-    dev.attach_dma(IommuPort(idev))
+    dev.attach_dma(IommuDmaPort(idev))
     tracker = PageTracker()
     dev.attach_dirty_tracker(tracker)
     dev.config_write(regs.COMMAND, 2, regs.COMMAND_MASTER | regs.COMMAND_MEMORY)
