@@ -12,6 +12,10 @@ from vfiolab.iommu.domain import IOMMU_DOMAIN_IDENTITY
 from vfiolab.iommu.driver import make_unit
 from vfiolab.iommufd import Iommufd, Task
 from vfiolab.memory import PhysMemory, UserProcess
+from vfiolab.pci import regs
+from vfiolab.pci.bridge import RootPort
+from vfiolab.pci.caps.acs import AcsCap
+from vfiolab.pci.topology import Topology
 from vfiolab.vfio import uapi as U
 from vfiolab.vfio.cdev import open_cdev
 from vfiolab.vfio.device import VfioDeviceFile
@@ -101,6 +105,20 @@ class Rig:
         self.ictx.close()
         self.vdev.unregister()
         self.device.close()
+
+
+def behind_root_port(*devices: Device, secondary: int = 1) -> RootPort:
+    """A host bridge, a Root Port at 00:01.0 with End-End TLP prefixes and ACS RR|UF enabled (what PASID
+    needs on the path), and ``devices`` on its secondary bus (functions 0, 1, ...)."""
+    rc = Topology().add_host_bridge()
+    rp = RootPort(0x8086, 0x7E00, express={"ee_prefix": 1},
+                  ext_caps=[AcsCap(cap=AcsCap.RR | AcsCap.UF, ctrl=AcsCap.RR | AcsCap.UF)])
+    rc.root.attach(regs.devfn(1, 0), rp)
+    rp.config_write(regs.PRIMARY_BUS, 4, secondary << 8 | secondary << 16)
+    assert rp.secondary is not None
+    for i, d in enumerate(devices):
+        rp.secondary.attach(regs.devfn(0, i), d.function)
+    return rp
 
 
 def eventfd() -> int:

@@ -228,6 +228,9 @@ class VfioPciCoreDevice(VfioDevice):
         self.ioeventfds: list[tuple[int, int, int, int, EventfdCtx]] = []
         self.bar_restores = 0
         self.zaps = 0
+        self.iov_num_vfs = 0
+        self.iov_ctrl = 0
+        """struct pci_sriov num_VFs / ctrl: what pci_enable_sriov() programmed."""
         self._resources = self._read_resources()
         if migration_flags:  # a variant driver's mig_ops with these migration_flags
             if not migration_flags & VFIO_MIGRATION_STOP_COPY:
@@ -286,11 +289,10 @@ class VfioPciCoreDevice(VfioDevice):
         if sriov is not None and sriov.num_vfs() and sriov.vf_enabled():
             self.unregister()
             raise UapiError(errno.EBUSY, "Cannot bind to PF with SR-IOV enabled")
-        if self.is_virtfn:  # vfio_pci_vf_init()
+        if self.is_virtfn:  # vfio_pci_vf_init(): the PF, if it enabled its VFs through vfio-pci
             self.sriov_pf_core_dev = _PF_REGISTRY.get(id(self.pf_fn))
         elif sriov is not None:
             self.vf_token = VfToken()
-            _PF_REGISTRY[id(self.fn)] = self
         pm = self._pm
         if pm is not None:  # vfio_pci_probe_power_state()
             self.needs_pm_restore = not self.hw_read(pm.offset + pm_regs.PMCSR, 2) & pm_regs.CTRL_NO_SOFT_RESET
@@ -298,9 +300,9 @@ class VfioPciCoreDevice(VfioDevice):
         super().register()
 
     def unregister(self) -> None:
-        """vfio_pci_core_unregister_device()."""
-        if _PF_REGISTRY.get(id(self.fn)) is self:
-            del _PF_REGISTRY[id(self.fn)]
+        """vfio_pci_core_unregister_device(): SR-IOV off first."""
+        if self.registered and self._ext_cap(SriovCap) is not None and not self.is_virtfn:
+            self.sriov_configure(0)
         super().unregister()
 
     # ------------------------------------------------------------------ power
@@ -526,6 +528,11 @@ class VfioPciCoreDevice(VfioDevice):
         for i in range(15, -1, -1):  # pci_restore_config_space(): only dwords that changed
             if self.hw_read(4 * i, 4) != st["hdr"][i]:
                 self.hw_write(4 * i, 4, st["hdr"][i])
+        sriov = self._ext_cap(SriovCap)
+        if sriov is not None and not self.hw_read(sriov.offset + SriovCap.CTRL, 2) & SriovCap.CTRL_VFE:
+            # sriov_restore_state(): from the kernel's own iov->num_VFs / iov->ctrl, not the snapshot
+            self.hw_write(sriov.offset + SriovCap.NUM_VFS, 2, self.iov_num_vfs)
+            self.hw_write(sriov.offset + SriovCap.CTRL, 2, self.iov_ctrl)
         msi = self.device.irq.msi_cap
         if msi is not None and "msi" in st:
             for i in range(2, len(st["msi"])):
@@ -1012,24 +1019,35 @@ class VfioPciCoreDevice(VfioDevice):
             raise UapiError(errno.EINVAL, "VF token incorrectly provided, not a PF or VF")
 
     def sriov_configure(self, nr_virtfn: int) -> int:
-        """vfio_pci_core_sriov_configure(): VFs may be enabled only while the PF is registered; the VF
-        count is programmed into the PF's SR-IOV capability."""
+        """vfio_pci_core_sriov_configure(): the PF joins vfio_pci_sriov_pfs (once: EINVAL), goes to D0 and
+        enables ``nr_virtfn`` VFs (pci_enable_sriov: NumVFs, VF Enable, VF MSE); 0 disables them."""
         cap = self._ext_cap(SriovCap)
         if cap is None:
             raise UapiError(errno.ENODEV, "not an SR-IOV PF")
-        if nr_virtfn:
-            if self.sriov_active:
-                raise UapiError(errno.EBUSY, "VFs already enabled")
-            if self.current_state != PCI_D0:
-                self.set_power_state(PCI_D0)
-            self.sriov_active = True
-            self.hw_write(cap.offset + SriovCap.NUM_VFS, 2, nr_virtfn)
-            ctrl = cap.offset + SriovCap.CTRL
-            self.hw_write(ctrl, 2, self.hw_read(ctrl, 2) | SriovCap.CTRL_VFE | _SRIOV_CTRL_MSE)
-            return nr_virtfn
         ctrl = cap.offset + SriovCap.CTRL
-        self.hw_write(ctrl, 2, self.hw_read(ctrl, 2) & ~(SriovCap.CTRL_VFE | _SRIOV_CTRL_MSE))
+        if nr_virtfn:
+            if _PF_REGISTRY.get(id(self.fn)) is self:
+                raise UapiError(errno.EINVAL, "SR-IOV already enabled through this PF")
+            _PF_REGISTRY[id(self.fn)] = self
+            self.pm_get()
+            self.set_power_state(PCI_D0)
+            self.sriov_active = True
+            if not 0 < nr_virtfn <= self.hw_read(cap.offset + SriovCap.TOTAL_VFS, 2):
+                self.sriov_active = False
+                del _PF_REGISTRY[id(self.fn)]
+                raise UapiError(errno.ERANGE, f"{nr_virtfn} VFs outside TotalVFs")
+            self.iov_num_vfs = nr_virtfn
+            self.iov_ctrl = self.hw_read(ctrl, 2) | SriovCap.CTRL_VFE | _SRIOV_CTRL_MSE
+            self.hw_write(cap.offset + SriovCap.NUM_VFS, 2, nr_virtfn)
+            self.hw_write(ctrl, 2, self.iov_ctrl)
+            return nr_virtfn
+        if self.hw_read(ctrl, 2) & SriovCap.CTRL_VFE:  # pci_num_vf()
+            self.iov_ctrl = self.hw_read(ctrl, 2) & ~(SriovCap.CTRL_VFE | _SRIOV_CTRL_MSE)
+            self.iov_num_vfs = 0
+            self.hw_write(ctrl, 2, self.iov_ctrl)
         self.sriov_active = False
+        if _PF_REGISTRY.get(id(self.fn)) is self:
+            del _PF_REGISTRY[id(self.fn)]
         return 0
 
     # ------------------------------------------------------------------ region access
@@ -1172,9 +1190,11 @@ class VfioPciCoreDevice(VfioDevice):
 # ---------------------------------------------------------------------- topology helpers
 def _bus_number(fn: PciFunction) -> int:
     """The bus number the host knows the function by (the bridge's secondary, 0 on a root bus)."""
+    if fn.is_virtfn:
+        return int(getattr(fn, "rid", 0)) >> 8  # a VF may sit on a bus number above its PF's
     bus = fn.bus
     if bus is None or bus.bridge is None:
-        return getattr(fn, "rid", 0) >> 8 if fn.is_virtfn else 0
+        return 0
     return bus.bridge.bus_numbers[1]
 
 
