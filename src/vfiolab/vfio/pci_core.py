@@ -46,6 +46,7 @@ from vfiolab.vfio import cdev
 from vfiolab.vfio import uapi as U
 from vfiolab.vfio.device import VfioDevice, VfioDeviceFile, VfioInfoCap, set_irqs_validate_and_prepare
 from vfiolab.vfio.group import VfioGroupFile
+from vfiolab.vfio.dma_logging import PageTracker
 from vfiolab.vfio.migration import VFIO_MIGRATION_STOP_COPY, VfioMigration, check_feature
 from vfiolab.vfio.pci_config import VfioPciConfig
 from vfiolab.vfio.pci_intrs import EventfdCtx, VfioPciIrqs
@@ -187,7 +188,7 @@ class VfioPciCoreDevice(VfioDevice):
 
     def __init__(self, device: Device, iommu_dev: IommuDevice | None, *, name: str | None = None,
                  dyn_msix: bool = True, nointxmask: bool = False, disable_idle_d3: bool = False,
-                 migration_flags: int = 0) -> None:
+                 migration_flags: int = 0, dma_logging: bool = False) -> None:
         fn = device.function
         self.device = device
         self.fn = fn
@@ -236,6 +237,10 @@ class VfioPciCoreDevice(VfioDevice):
             if not migration_flags & VFIO_MIGRATION_STOP_COPY:
                 raise UapiError(errno.EINVAL, "migration needs VFIO_MIGRATION_STOP_COPY")
             self.mig = VfioMigration(DeviceMigration(device), migration_flags)
+        if dma_logging:  # a variant driver's log_ops: the device's own page tracker sees its DMA writes
+            tracker = PageTracker()
+            self.log_ops = tracker
+            device.attach_dirty_tracker(tracker)
 
     # ------------------------------------------------------------------ host view of the function
     @staticmethod
