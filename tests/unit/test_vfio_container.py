@@ -261,3 +261,25 @@ def test_iommufd_as_container(m: Machine) -> None:
     gf.unset_container()
     assert g.iommufd is None
     assert err(gf.unset_container) == errno.EINVAL
+
+
+@pytest.mark.parametrize("version", [iu.VFIO_TYPE1_IOMMU, iu.VFIO_TYPE1v2_IOMMU])
+def test_iommufd_compat_through_the_group(m: Machine, version: int) -> None:
+    """The selftest's vfio_compat expectations, reached the way VFIO users reach them: SET_IOMMU before
+    any group has no compat IOAS (ENODEV); after SET_CONTAINER it works, and type1 turns the compat IOAS's
+    huge pages off (IOMMU_OPTION_HUGE_PAGES 0) where type1v2 keeps them (1); GET_INFO reports the mock
+    aperture and no migration capability (iommufd does not emulate type1 dirty tracking, whose ioctl is
+    ENOTTY)."""
+    g = m.add_group("mock", ["d0"])
+    ictx = Iommufd(m.process, vfio_misc=True)
+    assert err(ictx.vfio_set_iommu, version) == errno.ENODEV
+    m.vfio.open(g, m.process).set_container(ictx)
+    ictx.vfio_set_iommu(version)
+    ioas = ictx.vfio_ioas(iu.IOMMU_VFIO_IOAS_GET)
+    huge = ictx.option(iu.IOMMU_OPTION_HUGE_PAGES, iu.IOMMU_OPTION_OP_GET, ioas, val64=3)
+    assert huge == (0 if version == iu.VFIO_TYPE1_IOMMU else 1)
+    from test_vfio_container_builders import iova_ranges
+    assert iova_ranges(ictx) == [(0, (1 << 64) - 1)]  # no domain yet: the IOAS allows everything
+    g.opened_file.get_device_fd("d0")  # type: ignore[union-attr]
+    assert iova_ranges(ictx) == [(1 << 24, (1 << 31) - 1)]
+    assert err(ictx.ioctl, iu.VFIO_IOMMU_DIRTY_PAGES, struct.pack("<II", 8, 1)) == errno.ENOTTY

@@ -477,3 +477,20 @@ def test_replay_after_emulated_reaccounts() -> None:
     t1 = c.iommu_data
     assert isinstance(t1, VfioIommuType1) and len(t1.dmas) == 1 and not t1.domains
     assert np.array_equal(np.frombuffer(c.dma_rw(BASE, 4, False), np.uint8), np.frombuffer(b"late", np.uint8))
+
+
+def test_get_info_never_writes_past_argsz() -> None:
+    """ioctl_check_buf() of the iommufd selftest, applied to native type1: for every argsz from the
+    minimum up, nothing past argsz is written; a short argsz comes back raised to the size needed and the
+    chain appears (cap_offset 24) only when it fits."""
+    _m, _o, c, _t1 = opened()
+    need = c.vfio_iommu_get_info(24).argsz
+    for argsz in range(16, need + 9):
+        buf = bytearray(b"\xaa" * 4096)
+        struct.pack_into("<I", buf, 0, argsz)
+        c.ioctl(iu.VFIO_IOMMU_GET_INFO, buf)
+        assert buf[argsz:] == b"\xaa" * (4096 - argsz), argsz
+        got_argsz, _flags, _pgs, cap_offset = struct.unpack_from("<IIQI", buf)
+        assert got_argsz == max(argsz, need)
+        if argsz >= 24:
+            assert cap_offset == (24 if argsz >= need else 0)
