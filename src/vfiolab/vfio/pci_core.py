@@ -164,8 +164,8 @@ class DeviceMigration:
 
 
 # ---------------------------------------------------------------------- the vfio-pci device
-_PF_REGISTRY: dict[int, VfioPciCoreDevice] = {}
-"""vfio_pci_sriov_pfs: PFs bound to vfio-pci, by id() of their function."""
+_PF_REGISTRY: dict[PciFunction, VfioPciCoreDevice] = {}
+"""vfio_pci_sriov_pfs: PFs that enabled their VFs through vfio-pci, by function."""
 
 
 class VfToken:
@@ -249,7 +249,7 @@ class VfioPciCoreDevice(VfioDevice):
         (no hotplug slots are modelled, so slot reset is never available)."""
         if fn.bus is None or fn.bus.bridge is None or fn.is_virtfn:
             return None
-        return ("bus", id(fn.bus))
+        return fn.bus
 
     def _read_resources(self) -> list[tuple[int, int, str, bool]]:
         """pci_dev->resource[0..5] as the host assigned them."""
@@ -295,7 +295,7 @@ class VfioPciCoreDevice(VfioDevice):
             self.unregister()
             raise UapiError(errno.EBUSY, "Cannot bind to PF with SR-IOV enabled")
         if self.is_virtfn:  # vfio_pci_vf_init(): the PF, if it enabled its VFs through vfio-pci
-            self.sriov_pf_core_dev = _PF_REGISTRY.get(id(self.pf_fn))
+            self.sriov_pf_core_dev = (_PF_REGISTRY.get(self.pf_fn) if self.pf_fn is not None else None)
         elif sriov is not None:
             self.vf_token = VfToken()
         pm = self._pm
@@ -1031,15 +1031,15 @@ class VfioPciCoreDevice(VfioDevice):
             raise UapiError(errno.ENODEV, "not an SR-IOV PF")
         ctrl = cap.offset + SriovCap.CTRL
         if nr_virtfn:
-            if _PF_REGISTRY.get(id(self.fn)) is self:
+            if _PF_REGISTRY.get(self.fn) is self:
                 raise UapiError(errno.EINVAL, "SR-IOV already enabled through this PF")
-            _PF_REGISTRY[id(self.fn)] = self
+            _PF_REGISTRY[self.fn] = self
             self.pm_get()
             self.set_power_state(PCI_D0)
             self.sriov_active = True
             if not 0 < nr_virtfn <= self.hw_read(cap.offset + SriovCap.TOTAL_VFS, 2):
                 self.sriov_active = False
-                del _PF_REGISTRY[id(self.fn)]
+                del _PF_REGISTRY[self.fn]
                 raise UapiError(errno.ERANGE, f"{nr_virtfn} VFs outside TotalVFs")
             self.iov_num_vfs = nr_virtfn
             self.iov_ctrl = self.hw_read(ctrl, 2) | SriovCap.CTRL_VFE | _SRIOV_CTRL_MSE
@@ -1051,8 +1051,8 @@ class VfioPciCoreDevice(VfioDevice):
             self.iov_num_vfs = 0
             self.hw_write(ctrl, 2, self.iov_ctrl)
         self.sriov_active = False
-        if _PF_REGISTRY.get(id(self.fn)) is self:
-            del _PF_REGISTRY[id(self.fn)]
+        if _PF_REGISTRY.get(self.fn) is self:
+            del _PF_REGISTRY[self.fn]
         return 0
 
     # ------------------------------------------------------------------ region access
