@@ -45,8 +45,8 @@ from vfiolab.pci.function import PciFunction
 from vfiolab.vfio import cdev
 from vfiolab.vfio import uapi as U
 from vfiolab.vfio.device import VfioDevice, VfioDeviceFile, VfioInfoCap, set_irqs_validate_and_prepare
-from vfiolab.vfio.group import VfioGroupFile
 from vfiolab.vfio.dma_logging import PageTracker
+from vfiolab.vfio.group import VfioGroupFile
 from vfiolab.vfio.migration import VFIO_MIGRATION_STOP_COPY, VfioMigration, check_feature
 from vfiolab.vfio.pci_config import VfioPciConfig
 from vfiolab.vfio.pci_intrs import EventfdCtx, VfioPciIrqs
