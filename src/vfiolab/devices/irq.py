@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Final, Protocol
 import numpy as np
 
 from vfiolab.devices.bars import Region
-from vfiolab.errors import VfiolabError
 from vfiolab.pci import regs
 from vfiolab.pci.caps import msi as msi_regs
 from vfiolab.pci.caps import msix as msix_regs
@@ -281,10 +280,3 @@ class InterruptLines:
             return []
         return [(cap.table_bar, MsixTableRegion(cap.table_offset, st, self)),
                 (cap.pba_bar, MsixPbaRegion(cap.pba_offset, st))]
-
-    def check_vector(self, vector: int, kind: str) -> None:
-        """VfiolabError unless ``vector`` exists for ``kind`` ("msi"/"msix")."""
-        limit = (self.msi_cap.vectors if self.msi_cap else 0) if kind == "msi" else (
-            self.msix.entries if self.msix else 0)
-        if not 0 <= vector < limit:
-            raise VfiolabError(f"{kind} vector {vector} outside 0..{limit - 1}")
