@@ -17,7 +17,7 @@ from vfiolab.iommufd import Iommufd
 from vfiolab.iommufd import uapi as iu
 from vfiolab.memory import PhysMemory, UserProcess
 from vfiolab.vfio import cdev
-from vfiolab.vfio.container import VfioContainer, default_drivers
+from vfiolab.vfio.container import VfioContainer, open_vfio_container
 from vfiolab.vfio.device import VfioDevice, VfioDeviceFile
 from vfiolab.vfio.group import VfioGroup, VfioGroupFile, VfioGroups
 
@@ -95,11 +95,7 @@ class Opened:
 def open_mode(m: Machine, mode: str, group: VfioGroup, device: str) -> Opened:
     """tools/testing/selftests/vfio/lib: open the container (/dev/vfio/vfio, or /dev/iommu for the
     compat modes), SET_CONTAINER, SET_IOMMU, GET_DEVICE_FD."""
-    container: VfioContainer | Iommufd
-    if mode.startswith("iommufd"):
-        container = Iommufd(m.process, vfio_misc=True)
-    else:
-        container = VfioContainer(m.process, default_drivers())
+    container = open_vfio_container(m.process, iommufd=mode.startswith("iommufd"))
     gf = m.vfio.open(group, m.process)
     gf.set_container(container)
     container.vfio_set_iommu(iu.VFIO_TYPE1v2_IOMMU if mode.endswith(("v2_iommu", "type1v2"))

@@ -36,6 +36,7 @@ from vfiolab.vfio.type1 import (
 )
 
 if TYPE_CHECKING:
+    from vfiolab.iommufd.main import Iommufd
     from vfiolab.vfio.group import VfioGroup
 
 VFIO_PIN_PAGES_MAX_ENTRIES: Final = PAGE_SIZE // 8  # include/linux/vfio.h
@@ -369,5 +370,16 @@ class VfioContainer:
         return f"<VfioContainer groups={len(self.groups)} driver={drv}>"
 
 
+def open_vfio_container(process: UserProcess, *, iommufd: bool = False,
+                        drivers: list[IommuDriverOps] | None = None) -> VfioContainer | Iommufd:
+    """open("/dev/vfio/vfio"): the legacy container, or with CONFIG_IOMMUFD_VFIO_CONTAINER (``iommufd``)
+    an iommufd opened through the vfio misc device, which answers the container ioctls from its VFIO compat
+    IOAS (drivers/iommu/iommufd/main.c iommufd_fops_open with the vfio misc device)."""
+    if iommufd:
+        from vfiolab.iommufd.main import Iommufd as _Iommufd
+        return _Iommufd(process, vfio_misc=True)
+    return VfioContainer(process, drivers)
+
+
 __all__ = ["VFIO_EMULATED_IOMMU", "VFIO_IOMMU", "VFIO_NO_IOMMU", "VFIO_PIN_PAGES_MAX_ENTRIES", "IommuData",
-           "IommuDriverOps", "NoiommuDriver", "Type1Driver", "Type1Info", "VfioContainer", "default_drivers"]
+           "IommuDriverOps", "NoiommuDriver", "Type1Driver", "Type1Info", "VfioContainer", "default_drivers", "open_vfio_container"]
