@@ -19,6 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from vfiolab.errors import UapiError
+from vfiolab.faultinject import fail_point
 from vfiolab.iommu.cachetag import CacheTags
 from vfiolab.iommu.pagetable.arm_lpae import ArmLpae, ArmPageTable
 from vfiolab.iommu.pagetable.common import Format
@@ -150,6 +151,7 @@ class PagingDomain(IommuDomain):
     def __init__(self, driver: IommuDriver | None, fmt: Format, mem: PhysMemory, *,
                  type_: int = IOMMU_DOMAIN_UNMANAGED, flags: int = 0, pgsize_mask: int | None = None,
                  aperture: tuple[int, int] | None = None, name: str = "") -> None:
+        fail_point("domain_alloc_paging: kzalloc(domain)")  # the driver's domain struct (ENOMEM)
         super().__init__(type_, driver, name)
         self.mem = mem
         self.flags = flags

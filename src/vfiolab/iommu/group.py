@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
 from vfiolab.errors import UapiError, VfiolabError
+from vfiolab.faultinject import fail_point
 from vfiolab.iommu.domain import IOMMU_DOMAIN_BLOCKED, IOMMU_DOMAIN_DMA, IOMMU_DOMAIN_IDENTITY, IommuDomain
 from vfiolab.iommu.pasid import IOMMU_NO_PASID
 from vfiolab.iommu.resv import ResvRegion, ResvType, format_resv_regions, group_resv_regions
@@ -304,6 +305,7 @@ def iommu_attach_group_handle(domain: IommuDomain, group: IommuGroup, handle: ob
     """iommu_attach_group_handle(): like iommu_attach_group() and records the handle on the RID."""
     if handle is None:
         raise UapiError(errno.EINVAL, "no attach handle")
+    fail_point("iommu_attach_group_handle: xa_insert(&group->pasid_array)")
     if IOMMU_NO_PASID in group.pasid_array:
         raise UapiError(errno.EBUSY, f"group {group.id}: the RID already has an attach handle")
     _attach_group(domain, group)
@@ -320,6 +322,7 @@ def iommu_replace_group_handle(group: IommuGroup, new_domain: IommuDomain, handl
     """iommu_replace_group_handle(): switch the RID domain directly (no blocking step in between)."""
     if new_domain is None or handle is None:
         raise UapiError(errno.EINVAL, "no domain or handle")
+    fail_point("iommu_replace_group_handle: xa_reserve(&group->pasid_array)")
     _group_set_domain(group, new_domain)
     group.pasid_array[IOMMU_NO_PASID] = PasidEntry(new_domain, handle)
 
@@ -370,6 +373,7 @@ def iommu_attach_device_pasid(domain: IommuDomain, dev: IommuDevice, pasid: int,
     for d in group.devices:
         if d.max_pasids > 0 and pasid >= d.max_pasids:
             raise UapiError(errno.EINVAL, f"PASID {pasid} beyond {d.name}'s {d.max_pasids} PASIDs")
+    fail_point("iommu_attach_device_pasid: xa_insert(&group->pasid_array)")
     if pasid in group.pasid_array:
         raise UapiError(errno.EBUSY, f"PASID {pasid} of group {group.id} is in use")
     _set_group_pasid(domain, group, pasid, None)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 from vfiolab.errors import UapiError
+from vfiolab.faultinject import fail_point
 from vfiolab.iommu.domain import IOMMU_DOMAIN_NESTED, MODE_TRANSLATE, IommuDomain, PagingDomain
 from vfiolab.iommu.pagetable.common import Format
 from vfiolab.iommu.walk import ALWAYS_AD, Stage
@@ -46,6 +47,7 @@ class NestedDomain(IommuDomain):
 
     def __init__(self, driver: IommuDriver | None, parent: PagingDomain, s1_fmt: Format | None, s1_root: int,
                  *, flags: int = 0, data: dict[str, Any] | None = None, name: str = "") -> None:
+        fail_point("domain_alloc_nested: kzalloc(domain)")  # the driver's nested domain struct (ENOMEM)
         super().__init__(IOMMU_DOMAIN_NESTED, driver, name or "nested")
         self.parent = parent
         self.flags = flags

@@ -6,7 +6,8 @@ Modules: ``uapi`` (numbers, structs), ``main`` (context, dispatch), ``objects`` 
 ``io_pagetable`` (IOVA space), ``pages`` (pinning, accounting), ``access`` (in-kernel users),
 ``hw_pagetable`` (HWPTs), ``device`` (bind/attach), ``fault`` (IOPF queues), ``viommu`` (vIOMMU,
 vDEVICE, vEVENTQ, HW queue), ``immap`` (mmap() of the fd), ``userdata`` (driver data copies),
-``vfio_compat``, ``mock`` and ``mock_viommu`` (the selftest mock), ``task`` (the calling process).
+``vfio_compat``, ``mock`` and ``mock_viommu`` (the selftest mock), ``task`` (the calling process),
+``fail_nth`` (sweeping the fault-injection points of a call sequence, as iommufd_fail_nth.c does).
 """
 
 from vfiolab.iommufd.main import FaultQueue, HwInfo, Iommufd, IovaRanges, UapiErrorWithOutput

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
 from vfiolab.errors import UapiError
+from vfiolab.faultinject import fail_point
 from vfiolab.iommu import group as core
 from vfiolab.iommu.device import IommuDevice
 from vfiolab.iommu.driver import IOMMU_CAP_CACHE_COHERENCY, IOMMU_CAP_ENFORCE_CACHE_COHERENCY, IommuDriver
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
 
 IOMMU_NO_PASID: Final = 0
 PHYS_ADDR_MAX: Final = (1 << 64) - 1
+_KZALLOC_HANDLE: Final = "kzalloc(struct iommufd_attach_handle)"
 
 
 @dataclass
@@ -81,6 +83,8 @@ def get_group(ictx: Iommufd, dev: IommuDevice) -> IommufdGroup:
     if igroup is not None:
         igroup.refs += 1
         return igroup
+    fail_point("iommufd_get_group: kzalloc(struct iommufd_group)")
+    fail_point("iommufd_get_group: xa_cmpxchg(&ictx->groups)")
     igroup = IommufdGroup(ictx, dev.group)
     ictx.groups[dev.group.id] = igroup
     return igroup
@@ -143,7 +147,12 @@ def device_bind(ictx: Iommufd, dev: IommuDevice, *, is_mock: bool = False) -> Io
     except UapiError:
         igroup.put()
         raise
-    idev = ictx.objects.alloc(IommufdDevice(ictx, dev, igroup))
+    try:
+        idev = ictx.objects.alloc(IommufdDevice(ictx, dev, igroup))
+    except UapiError:  # out_release_owner, out_group_put
+        core.iommu_device_release_dma_owner(dev)
+        igroup.put()
+        raise
     idev.is_mock = is_mock
     idev.enforce_cache_coherency = bool(driver.capable(dev, IOMMU_CAP_ENFORCE_CACHE_COHERENCY))
     idev.users += 1
@@ -219,6 +228,7 @@ def _hwpt_attach_device(hwpt: HwPagetable, idev: IommufdDevice, pasid: int) -> N
     if not _compatible_device(hwpt, idev):
         raise UapiError(errno.EINVAL, "fault queue on a VF with PRI")
     _hwpt_pasid_compat(hwpt, idev, pasid)
+    fail_point(_KZALLOC_HANDLE)
     handle = AttachHandle(idev)
     if pasid == IOMMU_NO_PASID:
         core.iommu_attach_group_handle(hwpt.domain, idev.igroup.group, handle)
@@ -248,6 +258,7 @@ def _hwpt_replace_device(idev: IommufdDevice, pasid: int, hwpt: HwPagetable, old
         raise UapiError(errno.EINVAL, "fault queue on a VF with PRI")
     _hwpt_pasid_compat(hwpt, idev, pasid)
     old_handle = _get_attach_handle(idev, pasid)
+    fail_point(_KZALLOC_HANDLE)
     handle = AttachHandle(idev)
     if pasid == IOMMU_NO_PASID:
         core.iommu_replace_group_handle(idev.igroup.group, hwpt.domain, handle)
@@ -263,7 +274,10 @@ def hw_pagetable_attach(hwpt: HwPagetable, idev: IommufdDevice, pasid: int) -> N
     attach_resv = hwpt_paging is not None and pasid == IOMMU_NO_PASID
     igroup = idev.igroup
     first = igroup.first_attach(pasid)
+    if first:
+        fail_point("iommufd_hw_pagetable_attach: kzalloc(struct iommufd_attach)")
     attach = igroup.pasid_attach.get(pasid) or Attach()
+    fail_point("iommufd_hw_pagetable_attach: xa_insert(&attach->device_array)")
     if idev.id in attach.devices:
         raise UapiError(errno.EBUSY, f"device {idev.id} is already attached on PASID {pasid}")
     old = attach.hwpt

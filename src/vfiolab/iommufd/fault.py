@@ -13,6 +13,7 @@ import errno
 from typing import TYPE_CHECKING, Any, Final
 
 from vfiolab.errors import UapiError
+from vfiolab.faultinject import fail_point
 from vfiolab.iommu.pri import IOMMU_PAGE_RESP_INVALID, IopfGroup, iopf_group_response
 from vfiolab.iommufd.objects import IommufdObject, ObjType
 from vfiolab.iommufd.uapi import iommu_hwpt_page_response, iommu_hwpt_pgfault
@@ -166,6 +167,11 @@ def eventq_install(ucmd: Ucmd, obj: IommufdObject, name: str, id_field: str, fd_
     context) gets an fd, the ID and fd are written back, then the object is published; on a failed
     write-back the fd is closed and the object destroyed."""
     ictx = ucmd.ictx
+    try:
+        fail_point("iommufd_eventq_init: anon_inode_getfile")
+    except UapiError:
+        ictx.objects.abort_and_destroy(obj)
+        raise
     file = EventqFile(obj, name)
     obj.users += 1
     ictx.ctx_get()

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Final
 import numpy as np
 
 from vfiolab.errors import UapiError
+from vfiolab.faultinject import fail_point
 from vfiolab.iommu.domain import IOMMU_DOMAIN_NESTED, IommuDomain, PagingDomain
 from vfiolab.iommu.driver import IOMMU_CAP_DIRTY_TRACKING, IOMMU_CAP_ENFORCE_CACHE_COHERENCY
 from vfiolab.iommufd import uapi
@@ -210,6 +211,7 @@ def hwpt_alloc(ucmd: Ucmd) -> int:
         raise UapiError(errno.EINVAL, "data_type and data_len disagree")
     user_data = UserData(cmd["data_type"], cmd["data_uptr"], cmd["data_len"])
     idev = get_device(ictx, cmd["dev_id"])
+    fail_point("iommufd_get_object", errno.EINVAL)  # any failed lookup of pt_id is EINVAL here
     pt_obj = ictx.objects.lookup(cmd["pt_id"])
     if pt_obj is None:
         raise UapiError(errno.EINVAL, f"pt_id {cmd['pt_id']} is not an object")

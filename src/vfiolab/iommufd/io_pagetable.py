@@ -24,7 +24,15 @@ import numpy as np
 import numpy.typing as npt
 
 from vfiolab.errors import UapiError
-from vfiolab.iommufd.pages import IOPT_PAGES_ACCOUNT_MM, IOPT_PAGES_ACCOUNT_USER, AddressType, IoptPages, runs
+from vfiolab.faultinject import fail_point
+from vfiolab.iommufd.pages import (
+    BATCH_INIT,
+    IOPT_PAGES_ACCOUNT_MM,
+    IOPT_PAGES_ACCOUNT_USER,
+    AddressType,
+    IoptPages,
+    runs,
+)
 from vfiolab.iommufd.uapi import PAGE_SIZE, ULONG_MAX
 
 if TYPE_CHECKING:
@@ -33,6 +41,7 @@ if TYPE_CHECKING:
 HPAGE_SIZE: Final = 2 << 20
 """x86-64 HPAGE_PMD_SIZE (CONFIG_TRANSPARENT_HUGEPAGE): the largest alignment auto IOVA keeps."""
 IOPT_ALLOC_IOVA: Final = 1 << 0
+_KZALLOC_AREA: Final = "iopt_area_alloc: kzalloc(struct iopt_area)"
 IOMMU_DIRTY_NO_CLEAR: Final = 1 << 0
 _EDEADLOCK: Final = errno.EDEADLK
 
@@ -356,6 +365,7 @@ class IoPagetable:
     def alloc_area_pages(self, elms: list[PagesElm], length: int, iova: int, prot: int, flags: int) -> int:
         """iopt_alloc_area_pages(): choose or check the IOVA and insert the (still empty) areas."""
         for elm in elms:
+            fail_point(_KZALLOC_AREA)
             elm.area = IoptArea()
         if length & (self.iova_alignment - 1) or not length:
             raise UapiError(errno.EINVAL,
@@ -424,15 +434,20 @@ class IoPagetable:
             raise UapiError(errno.EOVERFLOW, "iova + length overflows")
         out: list[PagesElm] = []
         it = ContigIter(self, iova, last_iova)
-        for area in it:
-            assert area.pages is not None
-            last = min(last_iova, area.last)
-            out.append(PagesElm(area.pages.get(), area.start_byte(it.cur_iova), last - it.cur_iova + 1))
-        if not it.done():
-            for elm in out:
+        try:
+            for area in it:
+                assert area.pages is not None
+                last = min(last_iova, area.last)
+                fail_point("iopt_get_pages: kzalloc(struct iopt_pages_list)")
+                out.append(PagesElm(area.pages.get(), area.start_byte(it.cur_iova), last - it.cur_iova + 1))
+            if not it.done():
+                raise UapiError(errno.ENOENT,
+                                f"[{iova:#x}, {last_iova:#x}] is not covered by contiguous maps")
+        except UapiError:
+            for elm in out:  # iopt_free_pages_list()
                 assert elm.pages is not None
                 elm.pages.put()
-            raise UapiError(errno.ENOENT, f"[{iova:#x}, {last_iova:#x}] is not covered by contiguous maps")
+            raise
         return out
 
     # ------------------------------------------------------------------ unmap
@@ -503,6 +518,7 @@ class IoPagetable:
         """iopt_reserve_iova(): EADDRINUSE when an area or an allowed range intersects."""
         if self.area_first(start, last) or self.allowed_first(start, last):
             raise UapiError(errno.EADDRINUSE, f"[{start:#x}, {last:#x}] is mapped or allowed")
+        fail_point("iopt_reserve_iova: kzalloc(struct iopt_reserved)")
         self.reserved.append(Reserved(start, last, owner))
 
     def remove_reserved_iova(self, owner: object) -> None:
@@ -514,6 +530,7 @@ class IoPagetable:
         """iopt_table_enforce_dev_resv_regions(): reserve every non-relaxable region of a device;
         returns the SW_MSI start when asked for (EINVAL for a SW_MSI + MSI mix or two SW_MSIs)."""
         from vfiolab.iommu.resv import ResvType
+        fail_point("iopt_table_enforce_dev_resv_regions", errno.EINVAL)  # iommufd_should_fail()
         sw_msi_start = None
         num_hw_msi = num_sw_msi = 0
         try:
@@ -572,6 +589,7 @@ class IoPagetable:
     # ------------------------------------------------------------------ accesses
     def add_access(self, access: IommufdAccess) -> int:
         """iopt_add_access(): an ID from 0 (xa_limit_16b), then the alignment it imposes."""
+        fail_point("iopt_add_access: xa_alloc(&iopt->access_list)")
         new_id = 0
         while new_id in self.access_list:
             new_id += 1
@@ -658,6 +676,7 @@ class IoPagetable:
                 self.reserve_iova(0, ap_start - 1, domain)
             if ap_end != ULONG_MAX:
                 self.reserve_iova(ap_end + 1, ULONG_MAX, domain)
+            fail_point("iopt_table_add_domain: xa_reserve(&iopt->domains)")
             self._fill_domain(domain)
         except UapiError:
             self.remove_reserved_iova(domain)
@@ -690,7 +709,8 @@ class IoPagetable:
                         pages.release(area.index, area.last_index)
                         raise
                     area.storage_domain = domain
-                else:
+                else:  # iopt_area_fill_domain(): a pfn_reader over pages a domain already holds
+                    fail_point(BATCH_INIT)
                     frames = pages.pinned_frames(area.index, area.last_index)
                     batch_to_domain(domain, area, area.index, frames, self.disable_large_pages)
                 done.append(area)
@@ -764,7 +784,10 @@ class IoPagetable:
             raise UapiError(errno.EINVAL, "area has accesses")
         if area.storage_domain is not None and not self.disable_large_pages:
             raise UapiError(errno.EINVAL, "area may be mapped with huge pages")
-        lhs, rhs = IoptArea(), IoptArea()
+        fail_point(_KZALLOC_AREA)
+        lhs = IoptArea()
+        fail_point(_KZALLOC_AREA)
+        rhs = IoptArea()
         self._remove_area_node(area)
         self._insert_area(lhs, pages, area.iova, area.start_byte(area.iova), new_start - area.iova,
                           area.iommu_prot)

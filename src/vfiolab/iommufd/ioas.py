@@ -11,6 +11,7 @@ import errno
 from typing import TYPE_CHECKING, Final
 
 from vfiolab.errors import UapiError
+from vfiolab.faultinject import fail_point
 from vfiolab.iommufd import uapi
 from vfiolab.iommufd.io_pagetable import IOPT_ALLOC_IOVA, IoPagetable
 from vfiolab.iommufd.objects import IommufdObject, ObjType
@@ -135,6 +136,7 @@ def _load_iovas(ictx: Iommufd, ptr: int, num: int) -> list[tuple[int, int]]:
             raise UapiError(errno.EINVAL, f"range {i}: start {r['start']:#x} >= last {r['last']:#x}")
         if any(s <= r["last"] and r["start"] <= e for s, e in out):
             raise UapiError(errno.EINVAL, f"range {i} overlaps an earlier one")
+        fail_point("iommufd_ioas_load_iovas: kzalloc(struct iopt_allowed)")
         out.append((r["start"], r["last"]))
     return out
 

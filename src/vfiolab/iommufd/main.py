@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar, Final, Self
 
 from vfiolab.errors import UapiError, VfiolabError
+from vfiolab.faultinject import fail_point
 from vfiolab.iommufd import uapi
 from vfiolab.iommufd.device import IommufdGroup
 from vfiolab.iommufd.immap import MmapTree
@@ -130,6 +131,7 @@ class Iommufd:
 
     def __init__(self, process: UserProcess, *, selftest: MockIommu | None = None,
                  vfio_misc: bool = False) -> None:
+        fail_point("iommufd_fops_open: kzalloc(struct iommufd_ctx)")  # open(2) fails with ENOMEM
         self.process = process
         self.current: Task = Task.of(process)
         """The task making the calls (see :meth:`as_current`)."""
@@ -479,8 +481,11 @@ class Iommufd:
 
     # ------------------------------------------------------------------ introspection helpers
     def object(self, oid: int) -> IommufdObject:
-        """The visible object ``oid`` (ENOENT)."""
-        return self.objects.get(oid)
+        """The visible object ``oid`` (ENOENT); an introspection helper, not a fault-injection point."""
+        obj = self.objects.lookup(oid)
+        if obj is None:
+            raise UapiError(errno.ENOENT, f"no object with ID {oid}")
+        return obj
 
     def ioas_ranges(self, ioas_id: int) -> list[tuple[int, int]]:
         """The IOVA ranges IOMMU_IOAS_IOVA_RANGES would report, read directly."""

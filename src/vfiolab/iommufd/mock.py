@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Final
 import numpy as np
 
 from vfiolab.errors import UapiError
+from vfiolab.faultinject import fail_point
 from vfiolab.iommu.device import IommuDevice
 from vfiolab.iommu.domain import IOMMU_DOMAIN_NESTED, IOMMU_DOMAIN_UNMANAGED, IommuDomain, PagingDomain
 from vfiolab.iommu.driver import MockDriver, make_unit
@@ -47,7 +48,7 @@ from vfiolab.iommufd.hw_pagetable import INVALIDATE_OPS, NESTED_DATA, PAGING_DAT
 from vfiolab.iommufd.ioas import get_ioas
 from vfiolab.iommufd.mock_viommu import SelftestDriver
 from vfiolab.iommufd.objects import IommufdObject, ObjType
-from vfiolab.iommufd.pages import IoptPages, alloc_dmabuf_pages
+from vfiolab.iommufd.pages import IoptPages, alloc_dmabuf_pages, set_temp_memory_limit
 from vfiolab.iommufd.uapi import PAGE_SIZE, ULONG_MAX
 from vfiolab.iommufd.ucmd import Ucmd
 from vfiolab.iommufd.userdata import UserData, copy_user_data
@@ -72,15 +73,23 @@ class MockIommu:
         self.driver = SelftestDriver(self.state_of)
         self.unit = make_unit("mock", mem, name="iommufd_selftest_iommu", driver=self.driver)
         self.memory_limit = MOCK_DEFAULT_MEMORY_LIMIT
+        set_temp_memory_limit(MOCK_DEFAULT_MEMORY_LIMIT)  # a fresh selftest module
         self._ida: set[int] = set()
         self.devs: dict[int, MockDev] = {}
         """id(IommuDevice) -> mock device state."""
+
+    def set_memory_limit(self, limit: int) -> None:
+        """iommufd_test_memory_limit = limit: what pfn readers may allocate (so pin calls shrink)."""
+        self.memory_limit = limit
+        set_temp_memory_limit(limit)
 
     def dev_create(self, dev_flags: int) -> MockDev:
         """mock_dev_create(): EINVAL for unknown flags; PASID width 20 with MOCK_FLAGS_DEVICE_PASID."""
         valid = uapi.MOCK_FLAGS_DEVICE_NO_DIRTY | uapi.MOCK_FLAGS_DEVICE_PASID
         if dev_flags & ~valid:
             raise UapiError(errno.EINVAL, f"mock device flags {dev_flags:#x}")
+        fail_point("mock_dev_create: kzalloc(struct mock_dev)")
+        fail_point("mock_dev_create: ida_alloc(&mock_dev_ida)")
         mid = 0
         while mid in self._ida:
             mid += 1
@@ -88,6 +97,11 @@ class MockIommu:
         bits = uapi.MOCK_PASID_WIDTH if dev_flags & uapi.MOCK_FLAGS_DEVICE_PASID else 0
         dev = IommuDevice(f"iommufd_mock{mid}", mid, pasid_num_bits=bits,
                           no_dirty=bool(dev_flags & uapi.MOCK_FLAGS_DEVICE_NO_DIRTY))
+        try:  # iommu_mock_device_add() -> __iommu_probe_device(): dev_iommu_get() allocates first
+            fail_point("iommu_mock_device_add: dev_iommu_get: kzalloc(struct dev_iommu)")
+        except UapiError:
+            self._ida.discard(mid)  # put_device() -> mock_dev_release(): ida_free()
+            raise
         iommu_probe_device(dev, self.unit)
         mdev = MockDev(dev, mid, dev_flags)
         self.devs[id(dev)] = mdev
@@ -285,6 +299,7 @@ def _mock_hw_info(dev: IommuDevice, in_type: int) -> tuple[bytes, int]:
     # mock_domain_hw_info()
     if in_type not in (uapi.IOMMU_HW_INFO_TYPE_DEFAULT, uapi.IOMMU_HW_INFO_TYPE_SELFTEST):
         raise UapiError(errno.EOPNOTSUPP, f"hw_info type {in_type:#x}")
+    fail_point("mock_domain_hw_info: kzalloc(struct iommu_test_hw_info)")
     return (uapi.iommu_test_hw_info.pack(test_reg=uapi.IOMMU_HW_INFO_SELFTEST_REGVAL),
             uapi.IOMMU_HW_INFO_TYPE_SELFTEST)
 
@@ -344,8 +359,8 @@ def _syz_conv_iova(ioas: Any, iova: int) -> int:
 
 
 # ---------------------------------------------------------------------- ops
-def _mock_domain(ucmd: Ucmd, op: int, m: dict[str, int]) -> None:
-    # iommufd_test_mock_domain()
+def _mock_domain(ucmd: Ucmd, op: int, m: dict[str, int]) -> SelftestObj:
+    # iommufd_test_mock_domain() up to the response: the object is still to be finalized
     ictx = ucmd.ictx
     st = _selftest(ictx)
     sobj = ictx.objects.alloc(SelftestObj(ictx))
@@ -372,7 +387,7 @@ def _mock_domain(ucmd: Ucmd, op: int, m: dict[str, int]) -> None:
     m["out_hwpt_id"] = pt_id
     m["out_stdev_id"] = sobj.id
     m["out_idev_id"] = idev.id
-    ictx.objects.finalize(sobj)
+    return sobj
 
 
 def _md_check_map(ictx: Iommufd, hwpt_id: int, iova: int, length: int, uptr: int) -> None:
@@ -415,6 +430,8 @@ def _create_access(ucmd: Ucmd, m: dict[str, int]) -> None:
     flags = m["flags"]
     if flags & ~uapi.MOCK_FLAGS_ACCESS_CREATE_NEEDS_PIN_PAGES:
         raise UapiError(errno.EOPNOTSUPP, f"access flags {flags:#x}")
+    fail_point("iommufd_test_alloc_access: kzalloc(struct selftest_access)")
+    fail_point("iommufd_test_alloc_access: anon_inode_getfile")
     staccess = SelftestAccess()
     ops = AccessOps(needs_pin_pages=bool(flags & uapi.MOCK_FLAGS_ACCESS_CREATE_NEEDS_PIN_PAGES),
                     unmap=staccess.unmap)
@@ -443,12 +460,14 @@ def _access_pages(ucmd: Ucmd, m: dict[str, int]) -> None:
     if flags & uapi.MOCK_FLAGS_ACCESS_SYZ:
         iova = _syz_conv_iova(access.ioas, iova) if access.ioas is not None else 0
     npages = (-(-(iova + length) // PAGE_SIZE) * PAGE_SIZE - (iova & ~(PAGE_SIZE - 1))) // PAGE_SIZE
+    fail_point("iommufd_test_access_pages: kvzalloc(pages)")
     frames = access.pin_pages(iova, length, flags & uapi.MOCK_FLAGS_ACCESS_WRITE)
     try:
         if uptr:  # iommufd_test_check_pages()
             user = _gup_frames(ictx.current.process, uptr - (iova - (iova & ~(PAGE_SIZE - 1))), npages)
             if not np.array_equal(user, frames[:npages]):
                 raise UapiError(errno.EBADE, "pinned pages differ from the user pages")
+        fail_point("iommufd_test_access_pages: kzalloc(struct selftest_access_item)")
     except UapiError:
         access.unpin_pages(iova, length)
         raise
@@ -468,6 +487,7 @@ def _access_rw(ucmd: Ucmd, m: dict[str, int]) -> None:
     staccess = _get_staccess(ictx, ucmd.cmd["id"])
     access = staccess.access
     assert access is not None
+    fail_point("iommufd_test_access_rw: kvzalloc(tmp)")
     data = None
     if flags & uapi.MOCK_ACCESS_RW_WRITE:
         data = ictx.copy_from_user(uptr, length)
@@ -578,13 +598,17 @@ def test_cmd(ucmd: Ucmd) -> int:
         get_ioas(ictx, oid).iopt.reserve_iova(start, start + length - 1, None)
         return 0
     if op in (uapi.IOMMU_TEST_OP_MOCK_DOMAIN, uapi.IOMMU_TEST_OP_MOCK_DOMAIN_FLAGS):
-        _mock_domain(ucmd, op, m)
+        sobj = _mock_domain(ucmd, op, m)
         try:
             respond()
-        except UapiError:
-            sobj = ictx.objects.get(m["out_stdev_id"])
-            ictx.objects.remove(sobj.id)
+        except UapiError:  # out_detach, out_unbind, out_mdev, out_sobj
+            assert sobj.idev is not None and sobj.mock_dev is not None
+            device_detach(sobj.idev, IOMMU_NO_PASID)
+            device_unbind(sobj.idev)
+            _selftest(ictx).dev_destroy(sobj.mock_dev)
+            ictx.objects.abort(sobj)
             raise
+        ictx.objects.finalize(sobj)
         return 0
     if op == uapi.IOMMU_TEST_OP_MOCK_DOMAIN_REPLACE:
         sobj = _get_selftest_obj(ictx, oid)
@@ -642,7 +666,7 @@ def test_cmd(ucmd: Ucmd) -> int:
     if op == uapi.IOMMU_TEST_OP_SET_TEMP_MEMORY_LIMIT:
         if m["limit"] < 8 + 4:  # _batch_init() needs one unsigned long + u32
             raise UapiError(errno.EINVAL, f"memory limit {m['limit']}")
-        _selftest(ictx).memory_limit = m["limit"]
+        _selftest(ictx).set_memory_limit(m["limit"])
         return 0
     if op == uapi.IOMMU_TEST_OP_DIRTY:
         _dirty(ucmd, m)

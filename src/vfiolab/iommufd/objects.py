@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, ClassVar, Final, TypeVar
 
 from vfiolab.errors import UapiError
+from vfiolab.faultinject import fail_point
 
 if TYPE_CHECKING:
     from vfiolab.iommufd.main import Iommufd
@@ -95,6 +96,8 @@ class ObjectTable:
 
     def alloc(self, obj: T) -> T:
         """_iommufd_object_alloc(): reserve the lowest free ID (invisible until finalize)."""
+        fail_point(f"_iommufd_object_alloc: kzalloc(struct iommufd_{obj.type.name.lower()})")
+        fail_point("_iommufd_object_alloc: xa_alloc(&ictx->objects)")
         obj.id = self._alloc_id()
         obj.users = 1
         self._slots[obj.id] = None
@@ -116,7 +119,9 @@ class ObjectTable:
 
     # ------------------------------------------------------------------ lookup
     def get(self, oid: int, type_: ObjType = ObjType.ANY) -> IommufdObject:
-        """iommufd_get_object(): the visible object ``oid`` of ``type_`` (ANY matches all), else ENOENT."""
+        """iommufd_get_object(): the visible object ``oid`` of ``type_`` (ANY matches all), else ENOENT
+        (also when fault injection fails the lookup, as iommufd_should_fail() does there)."""
+        fail_point("iommufd_get_object", errno.ENOENT)
         obj = self._slots.get(oid)
         if obj is None or (type_ != ObjType.ANY and obj.type != type_):
             raise UapiError(errno.ENOENT, f"no {type_.name.lower()} object with ID {oid}")

@@ -24,6 +24,7 @@ import numpy as np
 import numpy.typing as npt
 
 from vfiolab.errors import UapiError
+from vfiolab.faultinject import fail_point
 from vfiolab.iommufd.task import Task
 from vfiolab.memory import PAGE_SIZE, PROT_WRITE, MemFile, PhysMemory, UserProcess
 from vfiolab.memory.phys import FRAME_SHIFT
@@ -43,6 +44,26 @@ IOMMUFD_ACCESS_RW_KTHREAD: Final = 1 << 1
 IOMMUFD_ACCESS_RW_SLOW_PATH: Final = 1 << 2
 
 SIZE_MAX: Final = (1 << 64) - 1
+TEMP_MEMORY_LIMIT_DEFAULT: Final = 65536
+"""pages.c TEMP_MEMORY_LIMIT without CONFIG_IOMMUFD_TEST (and the selftest's default)."""
+_temp_memory_limit = TEMP_MEMORY_LIMIT_DEFAULT
+
+
+BATCH_INIT: Final = "pfn_reader_init: batch_init: temp_kmalloc"
+"""The pfn_batch of every pfn_reader (no backup buffer, so it can fail: ENOMEM)."""
+
+
+def set_temp_memory_limit(limit: int) -> None:
+    """iommufd_test_memory_limit (a module global of the selftest, IOMMU_TEST_OP_SET_TEMP_MEMORY_LIMIT):
+    the most temp_kmalloc() gives a pfn reader, so how many pages one pin call takes."""
+    global _temp_memory_limit
+    _temp_memory_limit = limit
+
+
+def pin_batch_pages() -> int:
+    """Pages per pfn_reader_user_pin() call: temp_kmalloc() caps the page-pointer array at
+    TEMP_MEMORY_LIMIT bytes (8 bytes per page)."""
+    return max(1, _temp_memory_limit // 8)
 
 
 class AddressType(enum.IntEnum):
@@ -223,20 +244,45 @@ class IoptPages:
             self.source.process.unpin_pages(frames)
         self.frames[first:first + n] = -1
 
-    def hold(self, first: int, last: int) -> I64:
-        """Take a holder on indexes [first, last]: pin those not yet pinned and charge them; returns
-        the frames.  All or nothing (pfn_reader + pfn_reader_update_pinned)."""
-        sl = slice(first, last + 1)
-        need = self.holders[sl] == 0
+    def _pin_runs(self, first: int, need: npt.NDArray[np.bool_], chunk: int | None) -> list[tuple[int, int]]:
+        """Pin the runs of ``need`` (indexes from ``first``) into ``frames``, ``chunk`` pages per pin
+        call (None: a run per call); each call is a fault point (pfn_reader_user_pin():
+        iommufd_should_fail() gives EFAULT).  All or nothing: returns the (first, count) pinned."""
         done: list[tuple[int, int]] = []
         try:
             for s, n in _index_runs(need):
-                self.frames[first + s:first + s + n] = self._pin_range(first + s, n)
-                done.append((first + s, n))
+                step = n if chunk is None else chunk
+                for off in range(0, n, step):
+                    k = min(step, n - off)
+                    at = first + s + off
+                    fail_point("pfn_reader_user_pin", errno.EFAULT)
+                    self.frames[at:at + k] = self._pin_range(at, k)
+                    done.append((at, k))
         except UapiError:
             for s, n in done:
                 self._unpin_range(s, n)
             raise
+        return done
+
+    def hold(self, first: int, last: int) -> I64:
+        """Take a holder on indexes [first, last] for a domain (a pfn_reader: iopt_area_fill_domain[s]()):
+        pin those not yet pinned, TEMP_MEMORY_LIMIT's worth per pin call, and charge them; returns the
+        frames.  All or nothing.  The fault points come in the kernel's kinds and numbers (batch_init(),
+        the page array, one per pin call, the charge); the charge comes before the domains are
+        filled here, after them in the kernel."""
+        fail_point(BATCH_INIT)
+        need = self.holders[first:last + 1] == 0
+        if need.any():
+            fail_point(self._page_array_site())
+        return self._hold(first, last, need, pin_batch_pages())
+
+    def _page_array_site(self) -> str:
+        array = "ufolios" if self.kind == AddressType.FILE else "upages"
+        return f"pfn_reader_user_pin: temp_kmalloc({array})"
+
+    def _hold(self, first: int, last: int, need: npt.NDArray[np.bool_], chunk: int | None) -> I64:
+        sl = slice(first, last + 1)
+        done = self._pin_runs(first, need, chunk)
         newly = sum(n for _, n in done)
         self.npinned += newly
         try:
@@ -286,8 +332,10 @@ class IoptPages:
         task.pinned_vm += npages if inc else -npages
 
     def update_pinned_delta(self) -> None:
-        """pfn_reader_user_update_pinned(): settle npinned against last_npinned."""
+        """pfn_reader_user_update_pinned(): settle npinned against last_npinned (charging more is a
+        fault point: iommufd_should_fail() gives ENOMEM)."""
         if self.npinned > self.last_npinned:
+            fail_point("pfn_reader_user_update_pinned")
             self.update_pinned(self.npinned - self.last_npinned, True)
         elif self.npinned < self.last_npinned:
             self.update_pinned(self.last_npinned - self.npinned, False)
@@ -308,9 +356,48 @@ class IoptPages:
         if key in self.accesses:
             self.accesses[key] += 1
             return self.pinned_frames(first, last)
-        frames = self.hold(first, last)
+        fail_point("iopt_area_add_access: kzalloc(struct iopt_pages_access)")
+        frames = self._fill_xarray(first, last)
         self.accesses[key] = 1
         return frames
+
+    def _fill_xarray(self, first: int, last: int) -> I64:
+        """iopt_pages_fill_xarray(): the spans of [first, last] in order: pages already in the xarray
+        (an access holds them) are read from it; pages a domain holds are read from the domain and
+        stored (pages_to_xarray(), a fault point: EINVAL); holes are pinned, one pin call each, and
+        stored; then the charge.  All or nothing."""
+        n = last - first + 1
+        kind = np.where(self.holders[first:last + 1] > 0, 2, 0).astype(np.int8)
+        for (a, b) in self.accesses:  # access_itree spans win over domain spans
+            lo, hi = max(a, first), min(b, last)
+            if lo <= hi:
+                kind[lo - first:hi - first + 1] = 1
+        cut = np.flatnonzero(np.diff(kind)) + 1
+        starts = [0, *cut.tolist()]
+        ends = [*cut.tolist(), n]
+        need = np.zeros(n, dtype=bool)
+        for s, e in zip(starts, ends):  # every span but the xarray's stores into the xarray
+            if kind[s] == 0:
+                need[s:e] = True
+        # pinning goes first in the model; the kernel interleaves pins and xarray stores span by span
+        sl = slice(first, last + 1)
+        done = self._pin_runs(first, need, None)
+        try:
+            for s, e in zip(starts, ends):
+                if kind[s] != 1:
+                    fail_point("pages_to_xarray", errno.EINVAL)
+            self.npinned += sum(k for _, k in done)
+            try:
+                self.update_pinned_delta()
+            except UapiError:
+                self.npinned -= sum(k for _, k in done)
+                raise
+        except UapiError:
+            for s, k in done:
+                self._unpin_range(s, k)
+            raise
+        self.holders[sl] += 1
+        return self.frames[sl].copy()
 
     def remove_access(self, first: int, last: int) -> None:
         """iopt_area_remove_access(): the node loses a user; the last one unpins."""
@@ -356,6 +443,7 @@ class IoptPages:
         # iopt_pages_rw_page(): pin_user_pages_remote() of one page, copy, unpin
         if not self.source.alive:
             return self._rw_slow(index, index, offset, length, data, write)
+        fail_point("iopt_pages_rw_page", errno.EINVAL)
         proc = self.source.process
         frames = proc.pin_pages(self.uptr + index * PAGE_SIZE, PAGE_SIZE, write=write)
         try:
@@ -366,12 +454,12 @@ class IoptPages:
     def _rw_slow(self, first: int, last: int, offset: int, length: int, data: bytearray | None,
                  write: bool) -> bytes:
         # iopt_pages_rw_slow(): a pfn_reader; holes are pinned for the copy and unpinned after it
+        fail_point(BATCH_INIT)
         need = self.holders[first:last + 1] == 0
-        temp: list[tuple[int, int]] = []
+        if need.any():
+            fail_point(self._page_array_site())
+        temp = self._pin_runs(first, need, pin_batch_pages())
         try:
-            for s, n in _index_runs(need):
-                self.frames[first + s:first + s + n] = self._pin_range(first + s, n)
-                temp.append((first + s, n))
             frames = self.frames[first:last + 1].copy()
             return copy_frames(self.mem, frames, offset, length, data, write)
         finally:
@@ -393,12 +481,23 @@ class DmaBufExporter(Protocol):
     def detach(self, pages: IoptPages) -> None: ...
 
 
+_KZALLOC_PAGES: Final = "iopt_alloc_pages: kzalloc(struct iopt_pages)"
+
+
+def _check_length(length: int) -> None:
+    # iopt_alloc_pages(): the length checks come before the allocation
+    if length > SIZE_MAX - PAGE_SIZE or length == 0:
+        raise UapiError(errno.EINVAL, f"bad length {length:#x}")
+
+
 def alloc_dmabuf_pages(task: Task, dmabuf: DmaBufExporter, start: int, length: int,
                        writable: bool) -> tuple[IoptPages, int]:
     """iopt_alloc_dmabuf_pages(): EINVAL past the buffer; no pin accounting for MMIO."""
     if dmabuf.size <= start + length - 1 or length // PAGE_SIZE >= 0xFFFFFFFF:
         raise UapiError(errno.EINVAL, f"[{start:#x}, +{length:#x}) past the {dmabuf.size:#x}-byte dma-buf")
     start_byte = start % PAGE_SIZE
+    _check_length(length)
+    fail_point(_KZALLOC_PAGES)
     pages = IoptPages(task, AddressType.DMABUF, start_byte, length, writable, start=start - start_byte)
     pages.account_mode = IOPT_PAGES_ACCOUNT_NONE
     pages.dmabuf = dmabuf
@@ -410,6 +509,8 @@ def alloc_user_pages(task: Task, uptr: int, length: int, writable: bool) -> tupl
     if uptr + length > SIZE_MAX:
         raise UapiError(errno.EOVERFLOW, f"user_va {uptr:#x} + length {length:#x} overflows")
     down = uptr & ~(PAGE_SIZE - 1)
+    _check_length(length)
+    fail_point(_KZALLOC_PAGES)
     pages = IoptPages(task, AddressType.USER, uptr - down, length, writable, uptr=down)
     return pages, uptr - down
 
@@ -418,6 +519,8 @@ def alloc_file_pages(task: Task, file: MemFile, start: int, length: int,
                      writable: bool) -> tuple[IoptPages, int]:
     """iopt_alloc_file_pages(): pages for file bytes [start, start+length)."""
     start_byte = start % PAGE_SIZE
+    _check_length(length)
+    fail_point(_KZALLOC_PAGES)
     pages = IoptPages(task, AddressType.FILE, start_byte, length, writable, file=file,
                       start=start - start_byte)
     return pages, start_byte

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Protocol, cast
 
 from vfiolab.errors import UapiError
+from vfiolab.faultinject import fail_point
 from vfiolab.iommufd import uapi
 from vfiolab.iommufd.access import IommufdAccess
 from vfiolab.iommufd.fault import EventqFile, eventq_install
@@ -336,6 +337,12 @@ def vdevice_alloc(ucmd: Ucmd) -> int:
     viommu.users += 1
     idev.vdev = vdev
     idev.users += 1  # the vDEVICE keeps the device reference it looked up
+    try:
+        fail_point("iommufd_vdevice_alloc_ioctl: xa_insert(&viommu->vdevs)")
+    except UapiError:
+        idev.users -= 1
+        ictx.objects.abort_and_destroy(vdev)
+        raise
     if virt_id in viommu.vdevs:
         idev.users -= 1
         ictx.objects.abort_and_destroy(vdev)
@@ -379,6 +386,7 @@ def _hw_queue_alloc_phys(ictx: Iommufd, cmd: dict[str, int], viommu: IommufdViom
         raise UapiError(errno.ERANGE, "queue length overflows")
     npages = length // PAGE_SIZE
     length = npages * PAGE_SIZE
+    fail_point("iommufd_hw_queue_alloc_phys: kvzalloc(pages)")
     access = ictx.objects.alloc(IommufdAccess(ictx, None, internal=True))
     access.users += 1
     ictx.objects.finalize(access)

@@ -31,6 +31,7 @@ import numpy as np
 import numpy.typing as npt
 
 from vfiolab.errors import UapiError
+from vfiolab.faultinject import fail_point
 from vfiolab.iommu.pagetable.common import (
     DYNAMIC_TOP,
     HW_FAULT,
@@ -55,6 +56,8 @@ I64 = npt.NDArray[np.int64]
 Bools = npt.NDArray[np.bool_]
 _IDX: Final = np.arange(ITEMS, dtype=np.int64)
 _TEMPLATE_ROWS: Final = 8
+_ALLOC_TABLE: Final = "iommu_alloc_pages_node_sz: table page"
+"""The fault-injection point of every table page (ENOMEM; a failed map keeps the tables it made)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +136,7 @@ class PageTable:
         """(first, last) IOVA of the domain geometry (``pt_iommu_init_domain()``)."""
         top_items = 1 << (fmt.top_vasz_lg2(self.top_level) - fmt.item_lg2(self.top_level))
         self.top_nframes = max(1, top_items // ITEMS)  # a concatenated top spans contiguous frames
+        fail_point(_ALLOC_TABLE)
         self.top_frame = int(mem.alloc_frames(self.top_nframes, contiguous=True, align=self.top_nframes)[0])
         self.table_frames = self.top_nframes
         """Frames this table owns, the top included: its share of ``mem.frames_in_use``."""
@@ -332,6 +336,7 @@ class PageTable:
         if level == self.top_level:
             return
         while self.top_level < level:  # each new top links the old one at index 0
+            fail_point(_ALLOC_TABLE)
             new = self.mem.alloc_frame()
             self.mem.u64[new, 0] = fmt.table(self.top_level + 1, self.top_pa)
             self.table_frames += 1
@@ -376,6 +381,7 @@ class PageTable:
             if not fmt.present(e):
                 if not create:
                     break
+                fail_point(_ALLOC_TABLE)
                 e = int(fmt.table(level, self.mem.alloc_frame() << FRAME_SHIFT))
                 u64[frame * ITEMS + index] = e
                 self.table_frames += 1
@@ -414,10 +420,12 @@ class PageTable:
                 leaf = present & ~table
                 missing &= ~present
             if missing.all():  # all new (the usual case): no selection needed
+                fail_point(_ALLOC_TABLE, count=len(g))
                 child = self.mem.alloc_frames(len(g))
                 self.table_frames += len(g)
                 self._store(level, g, f, fmt.table(level, child.astype(np.uint64) << FRAME_SHIFT))
             elif missing.any():
+                fail_point(_ALLOC_TABLE, count=int(missing.sum()))
                 new = self.mem.alloc_frames(int(missing.sum()))
                 self.table_frames += len(new)
                 self._store(level, g[missing], f[missing], fmt.table(level, new.astype(np.uint64) << FRAME_SHIFT))
