@@ -539,6 +539,19 @@ class AmdDriver(IommuDriver):
     name = "amd"
     static_caps: ClassVar[dict[int, bool]] = {IOMMU_CAP_NOEXEC: False, IOMMU_CAP_ENFORCE_CACHE_COHERENCY: True}
 
+    def add_unit(self, unit: IommuUnit) -> IommuUnit:
+        """amd/init.c: with GTSup, iommu.max_pasids = 2^(PASmax+1) - 1, one short of the PASID width
+        (EFR PASmax = width - 1)."""
+        super().add_unit(unit)
+        if unit.max_pasids:
+            unit.max_pasids -= 1
+        return unit
+
+    def probe_device(self, dev: IommuDevice, unit: IommuUnit) -> None:
+        """dev_iommu_get_max_pasids(): the device's PASID count is capped by the unit's."""
+        super().probe_device(dev, unit)
+        dev.max_pasids = min(dev.max_pasids, unit.max_pasids)
+
     def _v1(self, unit: IommuUnit, flags: int) -> PagingDomain:
         # amd_iommu_domain_alloc_paging_v1()
         fmt = AmdV1(starting_level=2, hw_max_vasz_lg2=unit.caps.ias, hw_max_oasz_lg2=52,

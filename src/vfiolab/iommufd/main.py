@@ -83,7 +83,7 @@ class FaultQueue:
 
 
 def _handlers() -> dict[str, Handler]:
-    from vfiolab.iommufd import device, fault, hw_pagetable, ioas, vfio_compat, viommu
+    from vfiolab.iommufd import fault, hw_info, hw_pagetable, ioas, vfio_compat, viommu
     return {
         "destroy": _destroy,
         "ioas_alloc": ioas.ioas_alloc_ioctl,
@@ -100,7 +100,7 @@ def _handlers() -> dict[str, Handler]:
         "hwpt_set_dirty_tracking": hw_pagetable.hwpt_set_dirty_tracking,
         "hwpt_get_dirty_bitmap": hw_pagetable.hwpt_get_dirty_bitmap,
         "hwpt_invalidate": hw_pagetable.hwpt_invalidate,
-        "get_hw_info": device.get_hw_info,
+        "get_hw_info": hw_info.get_hw_info,
         "fault_queue_alloc": fault.fault_queue_alloc,
         "viommu_alloc": viommu.viommu_alloc,
         "vdevice_alloc": viommu.vdevice_alloc,

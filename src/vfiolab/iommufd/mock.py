@@ -34,7 +34,6 @@ from vfiolab.iommu.pri import (
 from vfiolab.iommufd import uapi
 from vfiolab.iommufd.access import AccessOps, IommufdAccess, access_create, access_destroy
 from vfiolab.iommufd.device import (
-    HW_INFO_OPS,
     IommufdDevice,
     attached_domain,
     device_attach,
@@ -44,6 +43,7 @@ from vfiolab.iommufd.device import (
     device_unbind,
     get_device,
 )
+from vfiolab.iommufd.hw_info import HW_INFO_OPS
 from vfiolab.iommufd.hw_pagetable import INVALIDATE_OPS, NESTED_DATA, PAGING_DATA, HwPagetable
 from vfiolab.iommufd.ioas import get_ioas
 from vfiolab.iommufd.mock_viommu import SelftestDriver

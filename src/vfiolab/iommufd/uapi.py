@@ -130,6 +130,13 @@ class CStruct:
             raise VfiolabError(f"{self.name}.{name} = {value:#x} does not fit {f.ctype}")
         struct.pack_into("<" + code, buf, f.offset, value)
 
+    def put_array(self, buf: bytearray, name: str, values: Sequence[int]) -> None:
+        """Store an array member (exactly its element count)."""
+        f = self.field(name)
+        if len(values) != f.count:
+            raise VfiolabError(f"{self.name}.{name} holds {f.count} elements, not {len(values)}")
+        struct.pack_into(f"<{f.count}{_CTYPES[f.ctype][0]}", buf, f.offset, *values)
+
     def __repr__(self) -> str:
         return f"<struct {self.name} size={self.size}>"
 
@@ -227,6 +234,8 @@ IOMMU_HW_INFO_TYPE_ARM_SMMUV3: Final = 2
 IOMMU_HW_INFO_TYPE_TEGRA241_CMDQV: Final = 3
 IOMMU_HW_INFO_TYPE_AMD: Final = 4
 IOMMU_HW_INFO_FLAG_INPUT_TYPE: Final = 1 << 0
+IOMMU_HW_INFO_VTD_ERRATA_772415_SPR17: Final = 1 << 0
+"""enum iommu_hw_info_vtd_flags: read-only mappings are not allowed on a nest-parent domain."""
 
 IOMMU_HW_CAP_DIRTY_TRACKING: Final = 1 << 0
 IOMMU_HW_CAP_PCI_PASID_EXEC: Final = 1 << 1
@@ -282,6 +291,11 @@ iommu_hw_info: Final = CStruct("iommu_hw_info", [
     ("size", "u32"), ("flags", "u32"), ("dev_id", "u32"), ("data_len", "u32"), ("data_uptr", "u64"),
     ("data_type", "u32"), ("out_max_pasid_log2", "u8"), ("__reserved", "u8", 3), ("out_capabilities", "u64")],
     aliases={"in_data_type": "data_type", "out_data_type": "data_type"})
+iommu_hw_info_vtd: Final = CStruct("iommu_hw_info_vtd", [
+    ("flags", "u32"), ("__reserved", "u32"), ("cap_reg", "u64"), ("ecap_reg", "u64")])
+iommu_hw_info_arm_smmuv3: Final = CStruct("iommu_hw_info_arm_smmuv3", [
+    ("flags", "u32"), ("__reserved", "u32"), ("idr", "u32", 6), ("iidr", "u32"), ("aidr", "u32")])
+iommu_hw_info_amd: Final = CStruct("iommu_hw_info_amd", [("efr", "u64"), ("efr2", "u64")])
 iommu_hwpt_set_dirty_tracking: Final = CStruct("iommu_hwpt_set_dirty_tracking", [
     ("size", "u32"), ("flags", "u32"), ("hwpt_id", "u32"), ("__reserved", "u32")])
 iommu_hwpt_get_dirty_bitmap: Final = CStruct("iommu_hwpt_get_dirty_bitmap", [
