@@ -24,10 +24,10 @@ import numpy as np
 import numpy.typing as npt
 
 from vfiolab.errors import UapiError
-from vfiolab.faultinject import fail_point
+from vfiolab.faultinject import armed, fail_point
 from vfiolab.iommufd.task import Task
 from vfiolab.memory import PAGE_SIZE, PROT_WRITE, MemFile, PhysMemory, UserProcess
-from vfiolab.memory.phys import FRAME_SHIFT
+from vfiolab.memory.phys import FRAME_SHIFT, frame_run
 
 I64 = npt.NDArray[np.int64]
 
@@ -47,6 +47,13 @@ SIZE_MAX: Final = (1 << 64) - 1
 TEMP_MEMORY_LIMIT_DEFAULT: Final = 65536
 """pages.c TEMP_MEMORY_LIMIT without CONFIG_IOMMUFD_TEST (and the selftest's default)."""
 _temp_memory_limit = TEMP_MEMORY_LIMIT_DEFAULT
+
+
+def _pin_chunk() -> int | None:
+    """Pages per pin call of a pfn reader.  The kernel's chunking shows only in how many fault points
+    a pin passes (a failed chunk undoes the earlier ones, as a failed whole pin does), so the model
+    pins a run in one call unless fault injection counts the points."""
+    return pin_batch_pages() if armed() is not None else None
 
 
 BATCH_INIT: Final = "pfn_reader_init: batch_init: temp_kmalloc"
@@ -79,6 +86,9 @@ def runs(frames: I64) -> Iterator[tuple[int, int]]:
     n = len(frames)
     if not n:
         return
+    if frame_run(frames) is not None:  # one run: no per-page arrays
+        yield 0, n
+        return
     cut = np.flatnonzero(np.diff(frames) != 1) + 1
     starts = np.concatenate(([0], cut))
     ends = np.concatenate((cut, [n]))
@@ -89,6 +99,9 @@ def runs(frames: I64) -> Iterator[tuple[int, int]]:
 def _index_runs(mask: npt.NDArray[np.bool_]) -> Iterator[tuple[int, int]]:
     """(first, count) of each run of True in ``mask``."""
     if not mask.any():
+        return
+    if mask.all():
+        yield 0, len(mask)
         return
     m = np.concatenate(([False], mask, [False])).astype(np.int8)
     d = np.diff(m)
@@ -115,12 +128,22 @@ def pin_user(process: UserProcess, va: int, length: int, write: bool) -> I64:
 
 def pin_frames(mem: PhysMemory, frames: I64) -> None:
     """try_grab_folio(FOLL_PIN) on frames already found (memfd folios, domain PFNs)."""
+    run = frame_run(frames)
+    if run is not None:
+        mem.get_frames(run)
+        mem.pincount[run] += 1
+        return
     mem.get_frames(frames)
     np.add.at(mem.pincount, frames, 1)
 
 
 def unpin_frames(mem: PhysMemory, frames: I64) -> None:
     """unpin_user_pages() for pins taken with :func:`pin_frames`."""
+    run = frame_run(frames)
+    if run is not None:
+        mem.pincount[run] -= 1
+        mem.put_frames(run)
+        return
     np.subtract.at(mem.pincount, frames, 1)
     mem.put_frames(frames)
 
@@ -237,7 +260,7 @@ class IoptPages:
         return frames
 
     def _unpin_range(self, first: int, n: int) -> None:
-        frames = self.frames[first:first + n].copy()
+        frames = self.frames[first:first + n]  # read by the unpin before being cleared
         if self.kind == AddressType.FILE:
             unpin_frames(self.mem, frames)
         else:
@@ -267,14 +290,14 @@ class IoptPages:
     def hold(self, first: int, last: int) -> I64:
         """Take a holder on indexes [first, last] for a domain (a pfn_reader: iopt_area_fill_domain[s]()):
         pin those not yet pinned, TEMP_MEMORY_LIMIT's worth per pin call, and charge them; returns the
-        frames.  All or nothing.  The fault points come in the kernel's kinds and numbers (batch_init(),
-        the page array, one per pin call, the charge); the charge comes before the domains are
-        filled here, after them in the kernel."""
+        frames (a view, valid while the holder lasts).  All or nothing.  The fault points come in the
+        kernel's kinds and numbers (batch_init(), the page array, one per pin call, the charge); the
+        charge comes before the domains are filled here, after them in the kernel."""
         fail_point(BATCH_INIT)
         need = self.holders[first:last + 1] == 0
         if need.any():
             fail_point(self._page_array_site())
-        return self._hold(first, last, need, pin_batch_pages())
+        return self._hold(first, last, need, _pin_chunk())
 
     def _page_array_site(self) -> str:
         array = "ufolios" if self.kind == AddressType.FILE else "upages"
@@ -293,7 +316,7 @@ class IoptPages:
             self.npinned -= newly
             raise
         self.holders[sl] += 1
-        return self.frames[sl].copy()
+        return self.frames[sl]
 
     def release(self, first: int, last: int) -> None:
         """Drop a holder on [first, last]: unpin what no one holds any more and uncharge it."""
@@ -458,7 +481,7 @@ class IoptPages:
         need = self.holders[first:last + 1] == 0
         if need.any():
             fail_point(self._page_array_site())
-        temp = self._pin_runs(first, need, pin_batch_pages())
+        temp = self._pin_runs(first, need, _pin_chunk())
         try:
             frames = self.frames[first:last + 1].copy()
             return copy_frames(self.mem, frames, offset, length, data, write)

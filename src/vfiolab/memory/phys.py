@@ -37,7 +37,7 @@ def frame_run(frames: FrameArray) -> slice | None:
     n = len(frames)
     if not n or int(frames[-1]) - int(frames[0]) != n - 1:
         return None
-    if n > 2 and np.count_nonzero(frames[1:] - frames[:-1] - 1):
+    if n > 2 and not (frames[1:] > frames[:-1]).all():  # n strictly rising values spanning n: a run
         return None
     return slice(int(frames[0]), int(frames[0]) + n)
 
@@ -156,15 +156,35 @@ class PhysMemory:
             raise VfiolabError(f"free of frame {int(bad[0]):#x} with refcount {int(self.refcount[bad[0]])}")
         self._release(f, ix)
 
-    def get_frames(self, frames: npt.ArrayLike) -> None:
-        """Take one more reference on each (allocated) frame; a frame may appear several times."""
+    def get_frames(self, frames: npt.ArrayLike | slice) -> None:
+        """Take one more reference on each (allocated) frame; a frame may appear several times.  A
+        slice stands for a run of frame numbers (one linear update, for pins of contiguous memory)."""
+        if isinstance(frames, slice):
+            rc = self._run(frames)
+            if len(rc) and int(rc.min()) <= 0:
+                raise VfiolabError("reference taken on a free frame")
+            rc += 1
+            return
         f = self._check_frames(frames)
         if len(f) and not np.all(self.refcount[f] > 0):
             raise VfiolabError("reference taken on a free frame")
         np.add.at(self.refcount, f, 1)
 
-    def put_frames(self, frames: npt.ArrayLike) -> None:
-        """Drop one reference on each frame; frames reaching zero are zeroed and freed."""
+    def put_frames(self, frames: npt.ArrayLike | slice) -> None:
+        """Drop one reference on each frame; frames reaching zero are zeroed and freed (a slice: a run
+        of frame numbers)."""
+        if isinstance(frames, slice):
+            rc = self._run(frames)
+            if not len(rc):
+                return
+            if int(rc.min()) <= 0:
+                raise VfiolabError("reference put on a free frame")
+            rc -= 1
+            if int(rc.min()) == 0:
+                dead = np.flatnonzero(rc == 0) + frames.start
+                self.refcount[dead] = 1
+                self._release(dead)
+            return
         f = self._check_frames(frames)
         if not len(f):
             return
@@ -185,6 +205,12 @@ class PhysMemory:
         self.refcount[ix] = 0
         self._push_free(f)
         self.frames_in_use -= len(f)
+
+    def _run(self, run: slice) -> npt.NDArray[np.int32]:
+        """The refcounts of a run of frames (a view), after the range check."""
+        if run.step not in (None, 1) or run.start < 1 or run.stop > self.nframes or run.stop < run.start:
+            raise VfiolabError(f"frame run {run} out of range 1..{self.nframes - 1}")
+        return self.refcount[run]
 
     def _check_frames(self, frames: npt.ArrayLike) -> FrameArray:
         f = np.asarray(frames, dtype=np.int64).reshape(-1)

@@ -23,7 +23,7 @@ import numpy as np
 import numpy.typing as npt
 
 from vfiolab.errors import UapiError, VfiolabError
-from vfiolab.memory.phys import FRAME_SHIFT, FRAME_SIZE, FrameArray, PhysMemory
+from vfiolab.memory.phys import FRAME_SHIFT, FRAME_SIZE, FrameArray, PhysMemory, frame_run
 
 PAGE_SIZE: Final = FRAME_SIZE
 HPAGE_SIZE: Final = 2 << 20
@@ -88,9 +88,9 @@ class MemFile:
 def _fault_in(mem: PhysMemory, frames: npt.NDArray[np.int64], first: int, n: int, huge: bool) -> None:
     """Allocate zeroed frames for the holes among frames[first:first+n] (huge: whole aligned 2 MiB)."""
     part = frames[first:first + n]
-    holes = np.flatnonzero(part < 0)
-    if not len(holes):
+    if not len(part) or int(part.min()) >= 0:  # all present: the common case of a pinned buffer
         return
+    holes = np.flatnonzero(part < 0)
     if not huge:
         part[holes] = mem.alloc_frames(len(holes))
         return
@@ -302,8 +302,13 @@ class UserProcess:
         """pin_user_pages(): frames of every 4 KiB page covering [va, va+length), faulted in and pinned
         (each holds one more reference until :meth:`unpin_pages`); all or nothing."""
         frames = self._frames(va, length, write)
-        self.mem.get_frames(frames)
-        np.add.at(self.mem.pincount, frames, 1)
+        run = frame_run(frames)
+        if run is not None:  # contiguous memory: linear updates instead of scattered ones
+            self.mem.get_frames(run)
+            self.mem.pincount[run] += 1
+        else:
+            self.mem.get_frames(frames)
+            np.add.at(self.mem.pincount, frames, 1)
         self.pinned_pages += len(frames)
         return frames
 
@@ -312,6 +317,15 @@ class UserProcess:
         f = np.asarray(frames, dtype=np.int64).reshape(-1)
         if len(f) > self.pinned_pages:
             raise VfiolabError(f"{self.name}: unpin of {len(f)} pages, only {self.pinned_pages} pinned")
+        run = frame_run(f)
+        if run is not None and run.start >= 1 and run.stop <= self.mem.nframes:
+            pins = self.mem.pincount[run]
+            if int(pins.min()) < 1:
+                raise VfiolabError(f"{self.name}: unpin of a page that is not pinned")
+            pins -= 1
+            self.pinned_pages -= len(f)
+            self.mem.put_frames(run)
+            return
         uniq, counts = np.unique(f, return_counts=True)
         if len(uniq) and (uniq[0] < 1 or uniq[-1] >= self.mem.nframes
                           or np.any(counts > self.mem.pincount[uniq])):
