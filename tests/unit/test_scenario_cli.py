@@ -94,3 +94,12 @@ def test_bad_scenario_files(tmp_path: Path, text: str, message: str, capsys: pyt
     assert main(["run", str(f)]) == 1
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_demo_ends_with_the_migration_summary(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo"]) == 0
+    out = capsys.readouterr().out
+    tail = out[out.index("== VFIO live migration under DMA"):].splitlines()
+    assert tail[1].startswith("migrated testdev + edu, 64 MiB guest RAM, from pid ")
+    assert tail[2].startswith("pre-copy rounds: ") and "pages sent per round: 16384, " in tail[2]
+    assert tail[3] == "0 lost pages; device state equal; devices continue on the destination"

@@ -34,3 +34,19 @@ def demo(platform_file: str | None) -> None:
         click.echo(f"group {g.id}: {' '.join(g.devices)}")
         for why in g.reasons:
             click.echo(f"    - {why}")
+    _migration()
+
+
+def _migration() -> None:
+    """The VFIO part: the built-in scenario (``vfiolab run``), summarised."""
+    from vfiolab.errors import VfiolabError
+    from vfiolab.scenarios import get
+
+    click.echo()
+    click.secho("== VFIO live migration under DMA (`vfiolab run` prints every step)", bold=True)
+    scenario = get("live-migration")
+    result = scenario.run(scenario.resolve({"ram_mib": 64}), lambda line: None)
+    for line in result.summary:
+        click.echo(line)
+    if not result.ok:
+        raise VfiolabError(f"{result.scenario} failed: {result.failure}")

@@ -505,7 +505,11 @@ def run(params: dict[str, Any], log: Log) -> ScenarioResult:
     ok = not src.failures
     per_round = ", ".join(str(r["pages_sent"]) for r in rounds)
     same = all(d["equal"] for d in ver["device_state"].values())
+    trackers = {"both": "IOMMU dirty bitmap + DMA logging", "iommu": "IOMMU dirty bitmap",
+                "dma-log": "DMA logging"}[params["trackers"]]
     summary = [
+        (f"migrated testdev + edu, {params['ram_mib']} MiB guest RAM, from pid {rec['source']['pid']} to pid "
+         f"{rec['destination']['pid']} under device DMA ({rec['workload']['dma_writes']} DMA writes), {trackers}"),
         (f"pre-copy rounds: {len(rounds)}, pages sent per round: {per_round}; "
          f"stop-copy: {rec['stop_copy']['pages_sent']} pages"),
         (f"{ver['lost_pages']} lost pages; device state {'equal' if same else 'DIFFERS'}; devices "
