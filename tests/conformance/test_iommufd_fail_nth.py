@@ -11,12 +11,15 @@ teardown_iommufd() page-reference check, made exact).  The number of runs per bo
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Final
 
 import pytest
 
+from vfiolab import faultinject
+from vfiolab.errors import UapiError, VfiolabError
 from vfiolab.iommu.domain import MODE_BLOCK
 from vfiolab.iommufd import Iommufd, MockIommu, Task, uapi
 from vfiolab.iommufd.fail_nth import NthRun, SweepResult, sweep
@@ -302,3 +305,30 @@ def test_fail_nth(body: Body, mem: PhysMemory, capsys: pytest.CaptureFixture[str
     stopped = [f for f in res.failures.values() if f is not None]
     assert stopped, "no injected failure stopped the sequence"
     assert all(f.injected is not None for f in stopped)
+
+
+def test_fail_nth_counter_semantics() -> None:
+    """/proc/self/task/<tid>/fail-nth as fault-injection.rst describes it: writing N makes the N-th point
+    fail, reading gives 0 once it did and the points left otherwise; a bulk of k allocations fails when
+    the N-th is among them; arming twice is refused."""
+    with faultinject.fail_nth(3) as st:
+        assert not faultinject.should_fail("a") and not faultinject.should_fail("b")
+        assert st.read() == 1
+        with pytest.raises(UapiError) as e:
+            faultinject.fail_point("c", errno.EFAULT)
+        assert e.value.errno == errno.EFAULT and st.read() == 0
+        assert st.injected == faultinject.Injected("c", errno.EFAULT, 3)
+        faultinject.fail_point("d")  # one failure per write
+        with pytest.raises(VfiolabError):
+            faultinject.arm(1)
+    assert faultinject.armed() is None
+    faultinject.fail_point("unarmed")  # nothing counts while disarmed
+    with faultinject.fail_nth(5, record=True) as st:
+        faultinject.fail_point("one")
+        with pytest.raises(UapiError):
+            faultinject.fail_point("bulk", count=8)  # points 2..9: the 5th is among them
+        assert (st.passed, st.injected) == (5, faultinject.Injected("bulk", errno.ENOMEM, 5))
+        assert st.sites == ["one"] + ["bulk"] * 8
+    with faultinject.fail_nth(0) as st:  # N = 0 counts without failing
+        faultinject.fail_point("x", count=4)
+        assert (st.passed, st.read(), st.injected) == (4, 0, None)
