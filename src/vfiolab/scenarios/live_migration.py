@@ -294,6 +294,9 @@ class Source:
         vmm.set_mig_state("testdev", MigState.PRE_COPY)
         self.log(f"migration: {' + '.join(on)} on; testdev RUNNING -> PRE_COPY (data fd), edu stays RUNNING "
                  f"(no PRE_COPY){broken}")
+        # QEMU migration/ram.c: the first pass sends every page, each later pass the pages the dirty sync
+        # collected (hw/vfio/container-base.c: IOMMU_HWPT_GET_DIRTY_BITMAP, or DMA_LOGGING_REPORT per
+        # device when the device tracks itself), until what is left fits the downtime
         rounds: list[dict[str, Any]] = []
         self.rec["rounds"] = rounds
         npages = vmm.ram.npages
@@ -328,7 +331,8 @@ class Source:
         vmm, p = self.vmm, self.p
         last_writes = self.work.tick()  # the guest runs until the VMM stops it
         paths: dict[str, list[str]] = {}
-        # vfio_vmstate_change_prepare(): every device to a P2P state first, then each to STOP_COPY
+        # QEMU hw/vfio/migration.c vfio_vmstate_change_prepare(): every device to a P2P state first (no
+        # device may still start peer-to-peer DMA), then vfio_vmstate_change(): each to STOP_COPY
         for name, p2p in (("testdev", MigState.PRE_COPY_P2P), ("edu", MigState.RUNNING_P2P)):
             mig = self.machine.vfio[name].mig
             assert mig is not None
