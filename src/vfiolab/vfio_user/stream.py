@@ -63,6 +63,11 @@ class FrameReader:
                                               f"{self.limits.max_msg_fds}", header)
         return data, fds
 
+    @property
+    def pending(self) -> int:
+        """Bytes received but not yet handed out (a frame may be waiting without any socket activity)."""
+        return self.end - self.start
+
     def close(self) -> None:
         """Close fds received but not handed out."""
         while self._fds:
