@@ -191,7 +191,8 @@ class IoptPages:
         self.start = start
         """IOPT_ADDRESS_FILE: page-aligned start offset in the file."""
         self.refs = 1
-        self.frames: I64 = np.full(self.npages, -1, dtype=np.int64)
+        self._frames: I64 | None = None
+        """Frame of each pinned index, -1 elsewhere (allocated on first use; see :attr:`frames`)."""
         self.holders = np.zeros(self.npages, dtype=np.int32)
         self.npinned = 0
         self.last_npinned = 0
@@ -203,6 +204,13 @@ class IoptPages:
         """IOPT_ADDRESS_DMABUF: the exporter revoked the memory (dmabuf.phys.len == 0)."""
         self.tracker: list[tuple[Any, Any]] = []
         """IOPT_ADDRESS_DMABUF: (domain, area) pairs mapped, for revocation (pages->dmabuf.tracker)."""
+
+    @property
+    def frames(self) -> I64:
+        """The PFN of every pinned index, -1 for the others (the xarray/domain tiers in one array)."""
+        if self._frames is None:
+            self._frames = np.full(self.npages, -1, dtype=np.int64)
+        return self._frames
 
     @property
     def mem(self) -> PhysMemory:
@@ -279,7 +287,11 @@ class IoptPages:
                     k = min(step, n - off)
                     at = first + s + off
                     fail_point("pfn_reader_user_pin", errno.EFAULT)
-                    self.frames[at:at + k] = self._pin_range(at, k)
+                    pinned = self._pin_range(at, k)
+                    if self._frames is None and k == self.npages:  # the first pin takes everything:
+                        self._frames = pinned  # keep the new array the pin returned instead of a copy
+                    else:
+                        self.frames[at:at + k] = pinned
                     done.append((at, k))
         except UapiError:
             for s, n in done:
