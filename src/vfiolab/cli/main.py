@@ -15,6 +15,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "lspci": ("vfiolab.cli.lspci", "lspci", "List PCI functions as pciutils' lspci does."),
     "groups": ("vfiolab.cli.groups", "groups", "IOMMU groups as Linux forms them."),
     "demo": ("vfiolab.cli.demo", "demo", "Build the default platform, enumerate it, show groups and why."),
+    "serve": ("vfiolab.cli.serve", "serve", "Serve emulated devices over vfio-user, one socket each."),
     "run": ("vfiolab.cli.run", "run", "Run an end-to-end scenario (default: VFIO live migration under DMA)."),
 }
 

@@ -772,10 +772,14 @@ class Server:
                     continue
                 key.data.accept()
 
-    def close(self) -> None:
-        """Stop accepting, close every connection and socket file."""
+    def stop(self) -> None:
+        """Make :meth:`serve_forever` return (safe in a signal handler); :meth:`close` still cleans up."""
         self._stop = True
         os.write(self._wake_w, b"x")
+
+    def close(self) -> None:
+        """Stop accepting, close every connection and socket file."""
+        self.stop()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(5)
         with self._lock:
