@@ -27,7 +27,6 @@ from vfiolab.iommu.iotlb import Run
 from vfiolab.iommu.pasid import PASID_MAX_WIDTH
 from vfiolab.iommu.pri import IOMMU_PAGE_RESP_INVALID, IOMMU_PAGE_RESP_SUCCESS, perm_for
 from vfiolab.iommu.unit import IommuUnit, append_piece
-from vfiolab.memory.phys import PhysMemory
 
 Buffer = npt.NDArray[np.uint8]
 _PAGE: Final = 4096
@@ -36,12 +35,11 @@ _RETRY_REASONS: Final = frozenset({FaultReason.NOT_PRESENT, FaultReason.PERMISSI
 
 
 def _bytes_view(buf: npt.NDArray[np.generic], writable: bool) -> Buffer:
+    """``buf`` as one flat run of bytes (the callers take a 1-D byte array as it is)."""
     flags = buf.flags
-    if buf.ndim == 1 and buf.dtype == _U8 and flags.c_contiguous and (flags.writeable or not writable):
-        return buf  # type: ignore[return-value]
     if not flags.c_contiguous:
         raise VfiolabError("DMA buffer must be C-contiguous")
-    if writable and not buf.flags.writeable:
+    if writable and not flags.writeable:
         raise VfiolabError("DMA read target is read-only")
     return buf.reshape(-1).view(np.uint8)
 
@@ -55,15 +53,6 @@ class DmaPort:
         """(pasid, page) -> PRG index of page requests whose response the DMA still waits for."""
         self.bytes_read = 0
         self.bytes_written = 0
-        self._mem: PhysMemory | None = None
-        self._flat: Buffer = np.empty(0, dtype=np.uint8)
-
-    def _ram(self) -> Buffer:
-        """RAM of the device's unit as one flat byte view."""
-        mem = self._unit().mem
-        if mem is not self._mem:
-            self._mem, self._flat = mem, mem.u8.reshape(-1)
-        return self._flat
 
     def _unit(self) -> IommuUnit:
         unit = self.dev.unit
@@ -84,42 +73,47 @@ class DmaPort:
 
     def dma_read_into(self, iova: int, out: npt.NDArray[np.generic], pasid: int | None = None) -> None:
         """Read ``out.nbytes`` bytes at ``iova`` straight into ``out`` (zero-copy on our side)."""
-        dst = _bytes_view(out, True)
+        dst: Buffer = out if out.dtype is _U8 and out.ndim == 1 and out.flags.writeable \
+            and out.flags.c_contiguous else _bytes_view(out, True)  # type: ignore[assignment]
         n = dst.size
-        unit = self.dev.unit
-        if pasid is None and self.dev.atc is None and unit is not None and 0 <= iova and n:
-            runs = unit.translate(self.dev.rid, 0, iova, n, False)  # the common case, without ATS or PASID
+        dev = self.dev
+        unit = dev.unit
+        if pasid is None and dev.atc is None and unit is not None and 0 <= iova and n:
+            runs = unit.translate(dev.rid, 0, iova, n, False)  # the common case, without ATS or PASID
         else:
             runs = self._xlate(iova, n, False, pasid)
-        flat = self._flat if unit is not None and unit.mem is self._mem else self._ram()
+            unit = self._unit()
+        ram = unit.mem.u8_flat
         if len(runs) == 1:
             pa = runs[0][0]
-            dst[:] = flat[pa:pa + n]
+            dst[...] = ram[pa:pa + n]
         else:
             pos = 0
             for pa, k in runs:
-                dst[pos:pos + k] = flat[pa:pa + k]
+                dst[pos:pos + k] = ram[pa:pa + k]
                 pos += k
         self.bytes_read += n
 
     def dma_write_from(self, iova: int, src: npt.NDArray[np.generic], pasid: int | None = None) -> None:
         """Write the bytes of ``src`` at ``iova`` straight from ``src``."""
-        data = _bytes_view(src, False)
+        data: Buffer = src if src.dtype is _U8 and src.ndim == 1 and src.flags.c_contiguous \
+            else _bytes_view(src, False)  # type: ignore[assignment]
         n = data.size
-        unit = self.dev.unit
-        if pasid is None and self.dev.atc is None and unit is not None and 0 <= iova and n:
-            runs = unit.translate(self.dev.rid, 0, iova, n, True)
+        dev = self.dev
+        unit = dev.unit
+        if pasid is None and dev.atc is None and unit is not None and 0 <= iova and n:
+            runs = unit.translate(dev.rid, 0, iova, n, True)
         else:
             runs = self._xlate(iova, n, True, pasid)
-        mem = self._unit().mem
-        pos = 0
+            unit = self._unit()
+        store = unit.mem.store
         if len(runs) == 1:
-            mem.view(runs[0][0], n)[:] = data
-            self.bytes_written += n
-            return
-        for pa, k in runs:
-            mem.view(pa, k)[:] = data[pos:pos + k]
-            pos += k
+            store(runs[0][0], data)
+        else:
+            pos = 0
+            for pa, k in runs:
+                store(pa, data[pos:pos + k])
+                pos += k
         self.bytes_written += n
 
     # ------------------------------------------------------------------ translation

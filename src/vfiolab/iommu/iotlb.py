@@ -41,7 +41,7 @@ class DirtyTarget:
 class Run:
     """[lo, hi) of input addresses translating to [pa, pa + hi - lo) with read/write permission."""
 
-    __slots__ = ("dirty", "dmask", "glg2", "hi", "lo", "pa", "r", "w")
+    __slots__ = ("dfull", "dirty", "dmask", "glg2", "hi", "lo", "pa", "r", "w")
 
     def __init__(self, lo: int, hi: int, pa: int, r: bool, w: bool,
                  dirty: tuple[DirtyTarget, ...] = (), glg2: int = 12) -> None:
@@ -51,7 +51,10 @@ class Run:
         self.glg2 = glg2
         """Granule of ``dmask`` (the format's page size)."""
         self.dmask = 0
-        """Granules of the run (bit k = granule k from ``lo``) already marked dirty through this entry."""
+        """Granules of the run (bit k = granule k from ``lo``) whose dirty state this entry holds: marked
+        through it, or found set by the walk that filled it."""
+        self.dfull = ((1 << (((hi - lo - 1) >> glg2) + 1)) - 1) if dirty else 0
+        """``dmask`` once every granule is held (0 without dirty targets): a write then updates nothing."""
 
     def cut(self, lo: int, hi: int) -> Run:
         """The part [lo, hi) of this run (lo/hi inside it), with its dirty state."""

@@ -241,19 +241,28 @@ class IommuUnit:
     def translate(self, rid: int, pasid: int, iova: int, length: int, write: bool) -> list[tuple[int, int]]:
         """An untranslated DMA request: the physically contiguous (pa, length) pieces of
         [iova, iova+length), or DmaFault (logged) when any part cannot be translated."""
+        ctx = self._ctx.get((rid, pasid))
+        if ctx is None or ctx.mode != MODE_TRANSLATE or not self.translation_enabled:
+            return self._untranslated(ctx, rid, pasid, iova, length, write)
+        run = self.iotlb.lookup(ctx.tag, iova)
+        if run is not None and iova + length <= run.hi and (run.w and run.dmask == run.dfull if write else run.r):
+            return [(run.pa + (iova - run.lo), length)]  # one cached run holds the whole burst
+        return self._translate_runs(ctx, rid, pasid, iova, length, write, run)
+
+    def _untranslated(self, ctx: Context | None, rid: int, pasid: int, iova: int, length: int, write: bool
+                      ) -> list[tuple[int, int]]:
         if not self.translation_enabled:
             return self._passthrough(rid, pasid, iova, length, write)
-        ctx = self._ctx.get((rid, pasid))
         if ctx is None or ctx.mode == MODE_BLOCK:
             self._check_pasid(rid, pasid, iova, write)
             raise self.fault(rid, pasid, iova, write, FaultReason.BLOCKED)
-        if ctx.mode == MODE_IDENTITY:
-            return self._passthrough(rid, pasid, iova, length, write)
+        return self._passthrough(rid, pasid, iova, length, write)  # MODE_IDENTITY
+
+    def _translate_runs(self, ctx: Context, rid: int, pasid: int, iova: int, length: int, write: bool,
+                        run: Run | None) -> list[tuple[int, int]]:
+        """translate() past the one-run case: ``run`` is the IOTLB's answer for ``iova`` (None: a miss)."""
         tag, cache = ctx.tag, self.iotlb
         pos, end = iova, iova + length
-        run = cache.lookup(tag, pos)
-        if run is not None and end <= run.hi and (run.w if write else run.r) and not (write and run.dirty):
-            return [(run.pa + (pos - run.lo), length)]  # one cached run holds the whole burst
         if run is None:
             run = self._fill(ctx, rid, pasid, pos, write)
         out: list[tuple[int, int]] = []
@@ -261,7 +270,7 @@ class IommuUnit:
             if not (run.w if write else run.r):
                 raise self.fault(rid, pasid, pos, write, FaultReason.PERMISSION)
             stop = min(end, run.hi)
-            if write and run.dirty:
+            if write and run.dmask != run.dfull:
                 mark_dirty(self.mem, run, pos, stop)
             append_piece(out, run.pa + (pos - run.lo), stop - pos)
             pos = stop

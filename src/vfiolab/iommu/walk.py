@@ -17,12 +17,12 @@ whose output addresses continue the leaf's.  The extension reads one table row w
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
 import numpy as np
+import numpy.typing as npt
 
 from vfiolab.iommu.fault import FaultReason
 from vfiolab.iommu.iotlb import DirtyTarget, Run
@@ -56,20 +56,24 @@ class Stage:
     ad: bool = False
 
 
-_MASKS: weakref.WeakKeyDictionary[Format, dict[int, tuple[int, int]]] = weakref.WeakKeyDictionary()
+class _LeafBits:
+    """Per (format, level) constants of the run extension: the leaf bits that must match the walked
+    leaf (all but output address and A/D), and for formats whose leaf entries are affine in the OA
+    (``Format.leaf_stride``) without contiguous items, the entry delta of consecutive items."""
 
+    __slots__ = ("keep", "keep_ad", "keep_ad64", "ramp", "step")
 
-def _masks(fmt: Format, level: int) -> tuple[int, int]:
-    """Entry bits of a leaf at ``level`` that hold the output address, and the A/D bits hardware sets."""
-    per = _MASKS.setdefault(fmt, {})
-    got = per.get(level)
-    if got is None:
+    def __init__(self, fmt: Format, level: int) -> None:
         isz = fmt.item_lg2(level)
         top = ((1 << fmt.max_oasz_lg2) - 1) & ~((1 << isz) - 1)
         oa_bits = fmt.leaf(level, top, isz, 0) ^ fmt.leaf(level, 0, isz, 0)
         ad_bits = (fmt.hw_update(0, level, True, True) | fmt.hw_update(0, level, False, True)) & MASK64
-        got = per[level] = (oa_bits, ad_bits)
-    return got
+        self.keep = MASK64 & ~(oa_bits | ad_bits)
+        self.keep_ad = MASK64 & ~ad_bits
+        self.keep_ad64 = np.uint64(self.keep_ad)
+        self.step = 0 if fmt.HAS_CONTIG else fmt.leaf_stride(level, isz) & MASK64
+        self.ramp = _ARANGE * np.uint64(self.step)
+        """Item k's entry minus item 0's, when items continue one another."""
 
 
 def _check_va(fmt: Format, addr: int, vasz: int) -> int:
@@ -85,16 +89,13 @@ def _check_va(fmt: Format, addr: int, vasz: int) -> int:
     return addr & ((1 << vasz) - 1)
 
 
-@dataclass(frozen=True, slots=True)
 class StageRun:
     """Result of one stage: [lo, hi) -> out_lo.., permissions, and the leaf items for dirty updates."""
 
-    lo: int
-    hi: int
-    out: int
-    r: bool
-    w: bool
-    target: DirtyTarget | None
+    __slots__ = ("hi", "lo", "out", "r", "target", "w")
+
+    def __init__(self, lo: int, hi: int, out: int, r: bool, w: bool, target: DirtyTarget | None) -> None:
+        self.lo, self.hi, self.out, self.r, self.w, self.target = lo, hi, out, r, w, target
 
 
 class Walker:
@@ -106,6 +107,7 @@ class Walker:
         self.span_lg2 = span_lg2
         self.walks = 0
         """Table walks performed (each stage-1 table access of a nested walk counts its own)."""
+        self._bits: dict[tuple[Format, int], _LeafBits] = {}
 
     # ------------------------------------------------------------------ one stage
     def stage_walk(self, st: Stage, addr: int, write: bool, xlate: Callable[[int], int] | None,
@@ -131,7 +133,7 @@ class Walker:
                 slot = xlate(slot)
             if slot < 0 or slot + 8 > nbytes:
                 raise WalkError(FaultReason.BAD_PA, level)
-            e = int(u64[slot >> 3])
+            e = u64.item(slot >> 3)
             kind, r, w = fmt.hw_step(e, level)
             if kind == HW_FAULT:
                 raise WalkError(FaultReason.NOT_PRESENT, level)
@@ -170,21 +172,35 @@ class Walker:
         k0, k1 = (w_lo - tab_lo) >> isz, (w_hi - tab_lo) >> isz
         kv = ((v - tab_lo) >> isz) - k0
         ents = u64[row0 + k0:row0 + k1]
-        oa_bits, ad_bits = _masks(fmt, level)
-        keep = np.uint64(MASK64 & ~(oa_bits | ad_bits))
-        same = (ents & keep) == np.uint64(e & int(keep))
-        item_va = np.uint64(w_lo) + (_ARANGE[:k1 - k0] << np.uint64(isz))
-        eff = fmt.oa(ents, level)
-        if fmt.HAS_CONTIG:
-            cl = fmt.contig_lg2_v(ents, level).astype(np.uint64) + np.uint64(isz)
-            eff = eff + (item_va & ((np.uint64(1) << cl) - np.uint64(1)))
-        delta = np.uint64((oa_lo - leaf_lo) & MASK64)
-        good = same & ((eff - item_va) == delta)
-        bad = np.flatnonzero(~good)
-        left = bad[bad < kv]
-        right = bad[bad > kv]
-        a = int(left[-1]) + 1 if len(left) else 0
-        b = int(right[0]) if len(right) else k1 - k0
+        bits = self._bits.get((fmt, level))
+        if bits is None:
+            bits = self._bits[(fmt, level)] = _LeafBits(fmt, level)
+        if bits.step:
+            # affine entries: item k matches iff (ents[k] minus A/D) == leaf minus A/D + (k - kv) * step;
+            # items whose OA would leave [0, 2**max_oasz) are cut off first, so no carry crosses fields
+            d = ents & bits.keep_ad64
+            d -= bits.ramp[:k1 - k0]
+            bad = (d != np.uint64(((e & bits.keep_ad) - kv * bits.step) & MASK64)).nonzero()[0]
+            i = int(bad.searchsorted(kv))
+            a = int(bad[i - 1]) + 1 if i else 0
+            b = int(bad[i]) if i < len(bad) else k1 - k0
+            a = max(a, kv - (oa_lo >> isz))
+            b = min(b, kv + (((1 << fmt.max_oasz_lg2) - oa_lo) >> isz))
+        else:
+            keep = np.uint64(bits.keep)
+            same = (ents & keep) == np.uint64(e & bits.keep)
+            item_va = np.uint64(w_lo) + (_ARANGE[:k1 - k0] << np.uint64(isz))
+            eff = fmt.oa(ents, level)
+            if fmt.HAS_CONTIG:
+                cl = fmt.contig_lg2_v(ents, level).astype(np.uint64) + np.uint64(isz)
+                eff = eff + (item_va & ((np.uint64(1) << cl) - np.uint64(1)))
+            delta = np.uint64((oa_lo - leaf_lo) & MASK64)
+            good = same & ((eff - item_va) == delta)
+            bad = np.flatnonzero(~good)
+            left = bad[bad < kv]
+            right = bad[bad > kv]
+            a = int(left[-1]) + 1 if len(left) else 0
+            b = int(right[0]) if len(right) else k1 - k0
         lo, hi = w_lo + (a << isz), w_lo + (b << isz)
         return StageRun(base + lo, base + hi, oa_lo + (lo - leaf_lo), rd, wr, target)
 
@@ -222,7 +238,38 @@ class Walker:
             raise WalkError(FaultReason.BAD_PA)
         if out + (hi - lo) > self.mem.size:
             hi = lo + (self.mem.size - out)
-        return Run(lo, hi, out, r, w, targets, self.s1.fmt.GRANULE_LG2)
+        run = Run(lo, hi, out, r, w, targets, self.s1.fmt.GRANULE_LG2)
+        if targets:
+            run.dmask = _held_dirty(self.mem.u64_flat, run)
+        return run
+
+
+def _held_dirty(u64: npt.NDArray[np.uint64], run: Run) -> int:
+    """The ``dmask`` a fresh entry starts with: granules whose leaf items (every stage's) already hold
+    the write-dirty state, which the entry caches as the walk read it: writes through it update the
+    table no more until a flush (generic_pt/pt_common.h pt_entry_make_write_clean())."""
+    g = run.glg2
+    n = ((run.hi - 1 - run.lo) >> g) + 1
+    held: npt.NDArray[np.bool_] | None = None
+    for t in run.dirty:
+        i0, i1 = (run.lo + t.off) >> t.isz, (run.hi - 1 + t.off) >> t.isz
+        items = u64[t.slot0 + i0:t.slot0 + i1 + 1]
+        try:
+            done = t.update(items, t.level, True, True) == items
+        except (ValueError, TypeError):  # a format whose hw_update tests bits (Arm DBM): item by item
+            done = np.array([t.update(x, t.level, True, True) == x for x in items.tolist()], dtype=np.bool_)
+        if done.all():
+            continue
+        if not done.any():
+            return 0
+        if t.isz < g or (run.lo + t.off) & ((1 << g) - 1):
+            return 0  # granules straddling items: start from nothing held
+        if t.isz > g:  # larger leaves: the item of each granule
+            done = done[((run.lo + t.off + (np.arange(n, dtype=np.int64) << g)) >> t.isz) - i0]
+        held = done if held is None else held & done
+    if held is None:
+        return run.dfull
+    return int.from_bytes(np.packbits(held, bitorder="little").tobytes(), "little")
 
 
 def mark_dirty(mem: PhysMemory, run: Run, a: int, b: int) -> None:

@@ -64,6 +64,8 @@ class PhysMemory:
         self.u64: npt.NDArray[np.uint64] = self.u8.view(np.uint64)
         """The pool as (nframes, 512) little-endian u64 entries: page-table frames are rows of this."""
         self.u64_flat: npt.NDArray[np.uint64] = self.u64.reshape(-1)
+        self.u8_flat: npt.NDArray[np.uint8] = self.u8.reshape(-1)
+        """The pool as one byte array indexed by physical address."""
         self.refcount = np.zeros(self.nframes, dtype=np.int32)
         self.pincount = np.zeros(self.nframes, dtype=np.int32)
         self._free = np.empty(1024, dtype=np.int64)
@@ -230,13 +232,21 @@ class PhysMemory:
     def view(self, pa: int, n: int, *, writable: bool = True) -> npt.NDArray[np.uint8]:
         """Zero-copy byte view of [pa, pa+n) (read-only unless ``writable``)."""
         self._range(pa, n)
-        v = self.u8.reshape(-1)[pa:pa + n]
+        v = self.u8_flat[pa:pa + n]
         if writable:
             self._dirtied(pa, n)
         else:
             v = v.view()
             v.flags.writeable = False
         return v
+
+    def store(self, pa: int, src: npt.NDArray[np.uint8]) -> None:
+        """Copy the 1-D byte array ``src`` to RAM at ``pa``: one memcpy and no view kept (DMA writes)."""
+        end = pa + src.size
+        if pa < 0 or end > self.size:
+            self._range(pa, src.size)
+        self._written_top = max(self._written_top, (end + FRAME_SIZE - 1) >> FRAME_SHIFT)
+        self.u8_flat[pa:end] = src
 
     def frame_u64(self, frame: int) -> npt.NDArray[np.uint64]:
         """Zero-copy view of one frame as 512 u64 entries (a page-table page)."""
@@ -286,7 +296,7 @@ class PhysMemory:
         """Unmap the pool and close the memfd; views taken earlier must not be used afterwards."""
         if self.fd < 0:
             return
-        del self.u8, self.u64, self.u64_flat
+        del self.u8, self.u64, self.u64_flat, self.u8_flat
         try:
             self._map.close()
         except BufferError:  # numpy views are still alive; the mapping goes away with the last one
