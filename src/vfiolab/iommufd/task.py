@@ -10,9 +10,8 @@ one UserProcess (``Task.of(process)``), so every iommufd context sharing a proce
 from __future__ import annotations
 
 import errno
-import weakref
 from dataclasses import dataclass, field
-from typing import ClassVar, Final
+from typing import Final
 
 from vfiolab.errors import UapiError
 from vfiolab.memory import PAGE_SIZE, UserProcess
@@ -60,16 +59,15 @@ class Task:
     """False once the process exited: mmget_not_zero() on its mm fails."""
     fds: dict[int, object] = field(default_factory=dict)
 
-    _tasks: ClassVar[weakref.WeakKeyDictionary[UserProcess, Task]] = weakref.WeakKeyDictionary()
-
     @classmethod
     def of(cls, process: UserProcess) -> Task:
         """The task of ``process`` (created with root's credentials on first use, as the kernel
-        selftests run)."""
-        task = cls._tasks.get(process)
+        selftests run).  It hangs off the process itself: a global weak map keyed by the process
+        would never drop an entry, because its value (the task) holds the process."""
+        task: Task | None = getattr(process, "_iommufd_task", None)
         if task is None:
             task = cls(process)
-            cls._tasks[process] = task
+            setattr(process, "_iommufd_task", task)  # noqa: B010 (an attribute the memory layer does not know)
         return task
 
     @property

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import weakref
 from typing import Final
 
 import numpy as np
@@ -56,6 +57,8 @@ class PhysMemory:
         self.size = size
         self.nframes = size >> FRAME_SHIFT
         self.fd = os.memfd_create(name, os.MFD_CLOEXEC)
+        # A PhysMemory dropped without close() must not leak its memfd (the mmap holds its own dup).
+        self._fd_closer = weakref.finalize(self, os.close, self.fd)
         os.ftruncate(self.fd, size)
         self._map = mmap.mmap(self.fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         self.u8: npt.NDArray[np.uint8] = np.frombuffer(self._map, dtype=np.uint8).reshape(self.nframes,
@@ -301,5 +304,5 @@ class PhysMemory:
             self._map.close()
         except BufferError:  # numpy views are still alive; the mapping goes away with the last one
             pass
-        os.close(self.fd)
+        self._fd_closer()
         self.fd = -1
