@@ -98,6 +98,9 @@ class Stats:
 
     commands: collections.Counter[str] = field(default_factory=collections.Counter)
     errors: collections.Counter[str] = field(default_factory=collections.Counter)
+    region_reads: collections.Counter[int] = field(default_factory=collections.Counter)
+    """REGION_READ messages per region index (accesses to mmap'd areas never show up here)."""
+    region_writes: collections.Counter[int] = field(default_factory=collections.Counter)
     dma_direct_bytes: int = 0
     dma_message_bytes: int = 0
     dma_messages: int = 0
@@ -663,12 +666,14 @@ def _set_irqs(conn: Connection, msg: Message) -> tuple[Any, list[int]]:
 def _region_read(conn: Connection, msg: Message) -> tuple[Any, list[int]]:
     b = msg.body
     assert isinstance(b, RegionRead)
+    conn.endpoint.stats.region_reads[b.region] += 1
     return RegionReadReply(b.region, b.offset, conn.host.region_read(b.region, b.offset, b.count)), []
 
 
 def _region_write(conn: Connection, msg: Message) -> tuple[Any, list[int]]:
     b = msg.body
     assert isinstance(b, RegionWrite)
+    conn.endpoint.stats.region_writes[b.region] += 1
     conn.host.region_write(b.region, b.offset, b.data)
     return RegionWriteReply(b.region, b.offset, len(b.data)), []
 
@@ -679,6 +684,7 @@ def _region_write_multi(conn: Connection, msg: Message) -> tuple[Any, list[int]]
     if not conn.write_multiple:
         raise UapiError(errno.EINVAL, "REGION_WRITE_MULTI was not negotiated (write_multiple)")
     for i, w in enumerate(b.writes):
+        conn.endpoint.stats.region_writes[w.region] += 1
         try:
             conn.host.region_write(w.region, w.offset, w.data)
         except UapiError as e:
