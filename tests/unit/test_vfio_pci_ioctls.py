@@ -180,8 +180,10 @@ def test_set_irqs_validation_order() -> None:
 def test_set_irqs_eventfd_checks() -> None:
     r = Rig(TestDev())
     rd, wr = os.pipe()
+    closed = os.open(os.devnull, os.O_RDONLY)
+    os.close(closed)  # a descriptor number known to be closed now
     with err(errno.EBADF):
-        r.df.set_irqs(0, EFD_TRIG, 0, 1, fds(999))
+        r.df.set_irqs(0, EFD_TRIG, 0, 1, fds(closed))
     with err(errno.EINVAL):  # eventfd_ctx_fdget(): not an eventfd
         r.df.set_irqs(0, EFD_TRIG, 0, 1, fds(rd))
     efd = eventfd()
