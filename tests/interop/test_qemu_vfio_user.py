@@ -17,6 +17,7 @@ from __future__ import annotations
 import collections
 import gzip
 import io
+import json
 import shutil
 import subprocess
 import tempfile
@@ -95,6 +96,11 @@ class Boot:
         self.results, self.console, self.endpoints, self.seconds = results, console, endpoints, seconds
 
 
+def vfio_user_pci(socket: str, slot: str) -> str:
+    """QEMU's documented JSON form of the device (docs/system/devices/vfio-user.rst)."""
+    return json.dumps({"driver": "vfio-user-pci", "socket": {"path": socket, "type": "unix"}, "addr": slot[3:]})
+
+
 def boot(env: dict[str, str], shared: bool) -> Boot:
     work, gwork = Path(env["WORK"]), env["GUEST_WORK"]
     for f in ("console.log", "results.txt"):
@@ -107,13 +113,11 @@ def boot(env: dict[str, str], shared: bool) -> Boot:
            "-display", "none", "-monitor", "none",
            "-serial", f"file:{gwork}/console.log", "-serial", f"file:{gwork}/results.txt",
            "-kernel", f"{gwork}/vmlinuz", "-initrd", f"{gwork}/initrd.gz",
-           "-append", f"console=ttyS0 panic=-1 loglevel=4 memmap=64K$0x8000000 "
-                      f"vfiolab.edu={QEMU_EDU},{OUR_EDU} vfiolab.testdev={OUR_TESTDEV}",
+           "-append", (f"console=ttyS0 panic=-1 loglevel=4 memmap=64K$0x8000000 "
+                       f"vfiolab.edu={QEMU_EDU},{OUR_EDU} vfiolab.testdev={OUR_TESTDEV}"),
            "-device", f"edu,addr={QEMU_EDU[3:]}",
-           "-device", '{"driver":"vfio-user-pci","socket":{"path":"%s/edu.sock","type":"unix"},"addr":"%s"}'
-           % (gwork, OUR_EDU[3:]),
-           "-device", '{"driver":"vfio-user-pci","socket":{"path":"%s/testdev.sock","type":"unix"},"addr":"%s"}'
-           % (gwork, OUR_TESTDEV[3:])]
+           "-device", vfio_user_pci(f"{gwork}/edu.sock", OUR_EDU),
+           "-device", vfio_user_pci(f"{gwork}/testdev.sock", OUR_TESTDEV)]
     if shared:
         cmd += ["-object", "memory-backend-memfd,id=mem,size=256M,share=on"]
     t0 = time.monotonic()
