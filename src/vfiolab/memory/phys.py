@@ -6,10 +6,13 @@ the pool never moves: numpy views of it stay valid for the life of the object, m
 or written with one fancy-indexed operation (``u64[frames]``), and another process can map the same
 RAM through :attr:`PhysMemory.fd` (file offset == physical address).
 
-Frames are handed out by a bump pointer plus a free stack; a freed frame is always zero, as the kernel's
-page-table allocator (``iommu_alloc_pages_node_sz``) and the anonymous-page fault path return zeroed
-pages.  Reference counts model ``struct page`` refcounts: a frame returns to the free pool when its last
-reference is put (a pinned page outlives the mapping that faulted it in).
+Frames are handed out by a bump pointer plus a free stack, always zeroed, as the kernel's page-table
+allocator (``iommu_alloc_pages_node_sz``) and the anonymous-page fault path return zeroed pages.  A
+freed frame is zeroed at once, or, freed with ``scrub=False`` (page-table pages: the kernel clears them
+at allocation, not when freeing), when it is handed out again; an owner that writes every byte of its
+new frames first asks for them with ``zero=False`` and so clears nothing twice.  Reference counts model
+``struct page`` refcounts: a frame returns to the free pool when its last reference is put (a pinned
+page outlives the mapping that faulted it in).
 """
 
 from __future__ import annotations
@@ -75,32 +78,55 @@ class PhysMemory:
         self._nfree = 0
         self._bump = 1  # frame 0 is never handed out: PA 0 stays "no translation" in iova_to_phys
         self._written_top = 1  # frames below this may hold data written outside the allocator
+        self._stale = np.zeros(self.nframes, dtype=np.bool_)
+        """Free frames that may hold old contents (freed unscrubbed): cleared when handed out."""
+        self._nstale = 0
         self.frames_in_use = 0
 
     # ------------------------------------------------------------------ allocation
-    def alloc_frames(self, n: int, *, contiguous: bool = False, align: int = 1) -> FrameArray:
-        """Allocate ``n`` zeroed frames with refcount 1; ``contiguous`` asks for one run aligned to
-        ``align`` frames (huge pages, multi-frame tables).  Raises VfiolabError when RAM is exhausted."""
+    def alloc_frames(self, n: int, *, contiguous: bool = False, align: int = 1, zero: bool = True) -> FrameArray:
+        """Allocate ``n`` zeroed frames with refcount 1, in ascending order; ``contiguous`` asks for one
+        run aligned to ``align`` frames (huge pages, multi-frame tables).  ``zero=False``: the caller
+        writes every byte before anything reads them, so old contents need not be cleared.  Raises
+        VfiolabError when RAM is exhausted."""
         if n <= 0:
             return np.empty(0, dtype=np.int64)
         if contiguous or align > 1:
-            return self._alloc_run(n, align)
-        take = min(n, self._nfree)
+            return self._alloc_run(n, align, zero)
+        top = self._nfree
+        if top >= n:  # all from the free stack: ascending, and claimed as one slice when a run
+            out = self._free[top - n:top].copy()
+            self._nfree = top - n
+            run = frame_run(out)
+            if run is None:
+                out.sort()
+                run = frame_run(out)
+            self._claim(out, run, zero)
+            return out
         out = np.empty(n, dtype=np.int64)
-        if take:
-            top = self._nfree
-            out[:take] = np.sort(self._free[top - take:top])
-            self._nfree = top - take
-        if take < n:
-            out[take:] = self._bump_run(n - take, 1)
-        self._claim(out)
+        if top:
+            out[:top] = np.sort(self._free[:top])
+            self._nfree = 0
+        out[top:] = self._bump_run(n - top, 1)
+        self._claim(out, None, zero)
         return out
 
     def alloc_frame(self) -> int:
-        """Allocate one zeroed frame and return its frame number."""
-        return int(self.alloc_frames(1)[0])
+        """Allocate one zeroed frame and return its frame number (alloc_frames(1) without arrays)."""
+        if self._nfree:
+            self._nfree -= 1
+            frame = int(self._free[self._nfree])
+            if self._nstale and self._stale[frame]:
+                self.u64[frame] = 0
+                self._stale[frame] = False
+                self._nstale -= 1
+        else:
+            frame = int(self._bump_run(1, 1)[0])
+        self.refcount[frame] = 1
+        self.frames_in_use += 1
+        return frame
 
-    def _alloc_run(self, n: int, align: int) -> FrameArray:
+    def _alloc_run(self, n: int, align: int, zero: bool) -> FrameArray:
         if self._nfree >= n:  # reuse a free run when one exists (after huge pages were freed)
             free = np.sort(self._free[:self._nfree])
             starts = np.flatnonzero((free[n - 1:] - free[:len(free) - n + 1] == n - 1)
@@ -110,10 +136,10 @@ class PhysMemory:
                 rest = np.concatenate((free[:starts[0]], free[starts[0] + n:]))
                 self._free[:len(rest)] = rest
                 self._nfree = len(rest)
-                self._claim(run)
+                self._claim(run, slice(int(run[0]), int(run[0]) + n), zero)
                 return run
         run = self._bump_run(n, align)
-        self._claim(run)
+        self._claim(run, slice(int(run[0]), int(run[0]) + n))
         return run
 
     def _bump_run(self, n: int, align: int) -> FrameArray:
@@ -122,15 +148,35 @@ class PhysMemory:
             raise VfiolabError(f"out of simulated physical memory: {n} frame(s) wanted, "
                                f"{self.nframes - self._bump + self._nfree} free of {self.nframes}")
         if start > self._bump:  # alignment padding goes to the free stack
-            self._push_free(np.arange(self._bump, start, dtype=np.int64))
+            pad = np.arange(self._bump, start, dtype=np.int64)
+            self._push_free(pad)
+            raw = pad[pad < self._written_top]  # raw RAM writes may have landed there: cleared on hand-out
+            self._stale[raw] = True
+            self._nstale += len(raw)
         self._bump = start + n
         if start < self._written_top:  # fresh frames are zero unless someone wrote raw RAM there
             self.u64[start:min(start + n, self._written_top)] = 0
         return np.arange(start, start + n, dtype=np.int64)
 
-    def _claim(self, frames: FrameArray) -> None:
-        self.refcount[_index(frames)] = 1
+    def _claim(self, frames: FrameArray, run: slice | None = None, zero: bool = True) -> None:
+        """Refcount 1 on frames just taken (``run``: the same frames as a slice, when the caller knows);
+        those freed unscrubbed are cleared now (unless the caller overwrites them: ``zero=False``)."""
+        ix = run if run is not None else _index(frames)
+        self.refcount[ix] = 1
         self.frames_in_use += len(frames)
+        if self._nstale:
+            stale = self._stale[ix]
+            k = int(np.count_nonzero(stale))
+            if k == len(frames):
+                if zero:
+                    self.u64[ix] = 0
+                self._stale[ix] = False
+            elif k:
+                old = frames[stale]
+                if zero:
+                    self.u64[old] = 0
+                self._stale[old] = False
+            self._nstale -= k
 
     def _push_free(self, frames: FrameArray) -> None:
         need = self._nfree + len(frames)
@@ -141,11 +187,27 @@ class PhysMemory:
         self._free[self._nfree:need] = frames
         self._nfree = need
 
-    def free_frames(self, frames: npt.ArrayLike) -> None:
-        """Free frames owned by one user (refcount 1), zeroing them; a frame still referenced
-        elsewhere (pinned, shared) is a caller bug and raises VfiolabError."""
+    def free_frames(self, frames: npt.ArrayLike, *, scrub: bool = True) -> None:
+        """Free frames owned by one user (refcount 1), zeroing them (``scrub=False``: when they are
+        handed out again, as page-table pages, which iommu_alloc_pages_node_sz() clears at allocation);
+        a frame still referenced elsewhere (pinned, shared) is a caller bug and raises VfiolabError."""
         f = frames if isinstance(frames, np.ndarray) and frames.dtype == np.int64 and frames.ndim == 1 \
             else np.asarray(frames, dtype=np.int64).reshape(-1)
+        if len(f) == 1:  # one frame (a table page): plain ints
+            frame = int(f[0])
+            if not 1 <= frame < self.nframes:
+                raise VfiolabError(f"frame number out of range 1..{self.nframes - 1}")
+            if self.refcount[frame] != 1:
+                raise VfiolabError(f"free of frame {frame:#x} with refcount {int(self.refcount[frame])}")
+            if scrub:
+                self.u64[frame] = 0
+            else:
+                self._stale[frame] = True
+                self._nstale += 1
+            self.refcount[frame] = 0
+            self._push_free(f)
+            self.frames_in_use -= 1
+            return
         if not len(f):
             return
         ix = _index(f)
@@ -159,7 +221,7 @@ class PhysMemory:
         if np.count_nonzero(self.refcount[ix] != 1):
             bad = f[self.refcount[f] != 1]
             raise VfiolabError(f"free of frame {int(bad[0]):#x} with refcount {int(self.refcount[bad[0]])}")
-        self._release(f, ix)
+        self._release(f, ix, scrub)
 
     def get_frames(self, frames: npt.ArrayLike | slice) -> None:
         """Take one more reference on each (allocated) frame; a frame may appear several times.  A
@@ -201,12 +263,16 @@ class PhysMemory:
         self.refcount[dead] = 1
         self._release(dead)
 
-    def _release(self, f: FrameArray, ix: FrameArray | slice | None = None) -> None:
+    def _release(self, f: FrameArray, ix: FrameArray | slice | None = None, scrub: bool = True) -> None:
         if not len(f):
             return
         if ix is None:
             ix = _index(f)
-        self.u64[ix] = 0
+        if scrub:
+            self.u64[ix] = 0
+        else:
+            self._stale[ix] = True
+            self._nstale += len(f)
         self.refcount[ix] = 0
         self._push_free(f)
         self.frames_in_use -= len(f)

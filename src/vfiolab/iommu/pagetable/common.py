@@ -335,18 +335,25 @@ def pgsz_count(pgsz_bitmap: int, va: int, last: int, oa: int, lg2: int) -> int:
     return length >> lg2
 
 
-@dataclass(frozen=True, slots=True)
 class Segment:
-    """``count`` leaves of 2**lg2 bytes from ``va``/``oa`` (one run of one page size)."""
+    """``count`` leaves of 2**lg2 bytes from ``va``/``oa`` (one run of one page size); immutable."""
 
-    va: int
-    oa: int
-    lg2: int
-    count: int
+    __slots__ = ("count", "end", "lg2", "oa", "va")
 
-    @property
-    def end(self) -> int:
-        return self.va + (self.count << self.lg2)
+    def __init__(self, va: int, oa: int, lg2: int, count: int) -> None:
+        self.va, self.oa, self.lg2, self.count = va, oa, lg2, count
+        self.end = va + (count << lg2)
+        """First VA after the run."""
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Segment) and (self.va, self.oa, self.lg2, self.count) == \
+            (other.va, other.oa, other.lg2, other.count)
+
+    def __hash__(self) -> int:
+        return hash((self.va, self.oa, self.lg2, self.count))
+
+    def __repr__(self) -> str:
+        return f"Segment(va={self.va:#x}, oa={self.oa:#x}, lg2={self.lg2}, count={self.count})"
 
 
 def plan_leaves(pgsz_bitmap: int, va: int, last: int, oa: int) -> tuple[list[Segment], int | None]:

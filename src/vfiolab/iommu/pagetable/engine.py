@@ -55,6 +55,7 @@ from vfiolab.memory.phys import FRAME_SHIFT, PhysMemory, frame_run
 I64 = npt.NDArray[np.int64]
 Bools = npt.NDArray[np.bool_]
 _IDX: Final = np.arange(ITEMS, dtype=np.int64)
+_IDX_U64: Final = _IDX.astype(np.uint64)
 _TEMPLATE_ROWS: Final = 8
 _ALLOC_TABLE: Final = "iommu_alloc_pages_node_sz: table page"
 """The fault-injection point of every table page (ENOMEM; a failed map keeps the tables it made)."""
@@ -80,6 +81,8 @@ class _Items(NamedTuple):
     present: Bools
     table: Bools
     children: I64
+    tables: bool = False
+    """Every item is a present table (the usual case above level 0 inside a big range)."""
 
 
 class _Rows(NamedTuple):
@@ -97,6 +100,8 @@ class _Path(NamedTuple):
     child: I64
     leaf: Bools
     fresh: Bools
+    new: bool = False
+    """Every table at this level was just allocated (``fresh.all()``; so none holds a leaf)."""
 
 
 class _Scan(NamedTuple):
@@ -235,11 +240,11 @@ class PageTable:
         u64 = self.mem.u64_flat
         out = []
         while True:
-            e = int(u64[frame * ITEMS + index])
+            e = u64.item(frame * ITEMS + index)
             out.append((level, frame, index, e))
             if level == 0 or not fmt.present(e) or not fmt.is_table(e, level):
                 return out
-            frame = int(fmt.table_pa(e)) >> FRAME_SHIFT
+            frame = int(fmt.table_frame(e))
             level -= 1
             index = (v >> fmt.item_lg2(level)) & (ITEMS - 1)
 
@@ -296,7 +301,7 @@ class PageTable:
         """Install the leaf plan ``segs`` (normalised VAs from ``v0``) up to ``stop``, where the map
         fails with ``err`` (0: it does not), or earlier at a mapping in the way; undo on failure."""
         fmt = self.fmt
-        res = self._resolve(segs)
+        res = self._resolve(segs, stop)
         scan = self._scan_map(segs, res)
         if scan.conflict is not None and scan.conflict < stop:
             stop, err = scan.conflict, self.EXISTS
@@ -360,7 +365,7 @@ class PageTable:
         if level == self.top_level or parent is None:
             return np.full(len(tables), self.top_frame, dtype=np.int64)
         if len(parent.g) == 1:
-            return np.full(len(tables), parent.child[0], dtype=np.int64)
+            return np.full(len(tables), int(parent.child[0]), dtype=np.int64)
         return parent.child[np.searchsorted(parent.g, tables)]
 
     def _root(self, v0: int, v1: int, floor: int, create: bool = False,
@@ -392,27 +397,41 @@ class PageTable:
             level -= 1
         return level, frame, fresh
 
-    def _resolve(self, segs: list[Segment]) -> dict[int, _Path]:
+    def _resolve(self, segs: list[Segment], stop: int) -> dict[int, _Path]:
         """The tables along the paths of ``segs``, per level above their leaves, allocating the
-        missing ones in bulk per level (not under items that hold a leaf)."""
+        missing ones in bulk per level (not under items that hold a leaf).  ``stop``: where the leaves
+        will end when nothing is in the way (a whole new subtree: its leaf tables that the leaves
+        before ``stop`` fill are not cleared first)."""
         fmt = self.fmt
         out: dict[int, _Path] = {}
         v0, v1 = segs[0].va, segs[-1].end - 1
-        top, frame, fresh = self._root(v0, v1, max(fmt.pgsz_to_level(s.lg2) for s in segs) + 1, True)
+        floor = fmt.pgsz_to_level(segs[0].lg2) if len(segs) == 1 else max(fmt.pgsz_to_level(s.lg2) for s in segs)
+        top, frame, fresh = self._root(v0, v1, floor + 1, True)
         parent: _Path | None = None
         if top < self.top_level:  # the single item above the root, as if it had been resolved
             parent = out[top + 1] = _Path(np.array([v0 >> fmt.item_lg2(top + 1)], dtype=np.int64),
                                           np.array([frame], dtype=np.int64), np.zeros(1, dtype=bool),
-                                          np.array([fresh]))
+                                          np.array([fresh]), fresh)
         for level in range(top, 0, -1):
             g = self._needed(segs, level)
             if not len(g):
                 break
             f = self._frames_of(level, g >> ITEMS_LG2, parent)
+            if parent is not None and parent.new:  # under tables this map just made: all empty
+                fail_point(_ALLOC_TABLE, count=len(g))
+                full = self._filled_tables(segs, stop, g) if fresh and level == 1 else None
+                child = self.mem.alloc_frames(len(g), zero=full is None)
+                if full is not None and np.count_nonzero(full) < len(full):
+                    self.mem.u64[child[~full]] = 0
+                self.table_frames += len(g)
+                self._link(level, g, f, child)
+                out[level] = parent = _Path(g, child, np.zeros(len(g), dtype=bool), np.ones(len(g), dtype=bool),
+                                            True)
+                continue
             child = np.full(len(g), -1, dtype=np.int64)
             leaf = np.zeros(len(g), dtype=bool)
             missing = f >= 0
-            if parent is None or not parent.fresh.all():  # tables this map just made are empty
+            if parent is None or not parent.new:  # tables this map just made are empty
                 e = self._entries(level, g, f)
                 present = fmt.present(e)
                 table = present & fmt.is_table(e, level)
@@ -423,15 +442,51 @@ class PageTable:
                 fail_point(_ALLOC_TABLE, count=len(g))
                 child = self.mem.alloc_frames(len(g))
                 self.table_frames += len(g)
-                self._store(level, g, f, fmt.table(level, child.astype(np.uint64) << FRAME_SHIFT))
+                self._link(level, g, f, child)
             elif missing.any():
                 fail_point(_ALLOC_TABLE, count=int(missing.sum()))
                 new = self.mem.alloc_frames(int(missing.sum()))
                 self.table_frames += len(new)
                 self._store(level, g[missing], f[missing], fmt.table(level, new.astype(np.uint64) << FRAME_SHIFT))
                 child[missing] = new
-            out[level] = parent = _Path(g, child, leaf, missing)
+            out[level] = parent = _Path(g, child, leaf, missing, bool(missing.all()))
         return out
+
+    def _filled_tables(self, segs: list[Segment], stop: int, tables: I64) -> Bools:
+        """Which level-0 tables (numbered ``tables``) the level-0 leaves of ``segs`` before ``stop``
+        write whole (_install() writes every item of a leaf run, contiguous ones included)."""
+        full = np.zeros(len(tables), dtype=bool)
+        isz = self.fmt.item_lg2(0)
+        for s in segs:
+            end = min(s.end, stop)
+            if self.fmt.pgsz_to_level(s.lg2) == 0 and end > s.va:
+                lo = ((s.va >> isz) + ITEMS - 1) >> ITEMS_LG2  # first table starting inside the run
+                hi = (end >> isz) >> ITEMS_LG2  # first table ending beyond it
+                if lo <= int(tables[0]) and int(tables[-1]) < hi:
+                    full[:] = True  # (tables are sorted)
+                elif hi > lo:
+                    full |= (tables >= lo) & (tables < hi)
+        return full
+
+    def _link(self, level: int, g: I64, f: I64, child: I64) -> None:
+        """Point the items ``g`` at ``level`` (held in frames ``f``; sorted, as _needed() gives them) at
+        the new tables ``child`` (ascending, as alloc_frames() gives them).  Consecutive items of one
+        table getting a run of frames is one ramp written in place: a table entry is flags plus a
+        shifted PA field, so consecutive frames step it by one constant."""
+        fmt = self.fmt
+        n = len(g)
+        g0, c0 = int(g[0]), int(child[0])
+        if (1 < n <= ITEMS and int(g[-1]) - g0 == n - 1 and int(child[-1]) - c0 == n - 1
+                and (level == self.top_level or g0 >> ITEMS_LG2 == int(g[-1]) >> ITEMS_LG2)):
+            e0 = int(fmt.table(level, c0 << FRAME_SHIFT))
+            stride = int(fmt.table(level, (c0 + 1) << FRAME_SHIFT)) - e0
+            if 0 < stride and int(fmt.table(level, (c0 + n - 1) << FRAME_SHIFT)) == e0 + (n - 1) * stride:
+                at = self.top_frame * ITEMS + g0 if level == self.top_level else int(f[0]) * ITEMS + (g0 & (ITEMS - 1))
+                dst = self.mem.u64_flat[at:at + n]
+                np.multiply(_IDX_U64[:n], np.uint64(stride), out=dst)
+                dst += np.uint64(e0)
+                return
+        self._store(level, g, f, fmt.table(level, child.astype(np.uint64) << FRAME_SHIFT))
 
     def _drop_fresh(self, res: dict[int, _Path], stop: int) -> None:
         """Free the tables this map allocated for items starting at or after ``stop``."""
@@ -455,8 +510,9 @@ class PageTable:
             return level, np.zeros(1, dtype=np.int64), np.full(1, self.top_frame, dtype=np.int64), g0, g1
         t0, t1 = g0 >> ITEMS_LG2, g1 >> ITEMS_LG2
         parent = res[level + 1]
-        a = int(np.searchsorted(parent.g, t0))  # the parent items are sorted and include t0..t1
-        return level, np.arange(t0, t1 + 1, dtype=np.int64), parent.child[a:a + t1 - t0 + 1], g0, g1
+        # the parent items are sorted and include t0..t1, so those are a slice of them
+        a = 0 if int(parent.g[0]) == t0 else int(np.searchsorted(parent.g, t0))
+        return level, parent.g[a:a + t1 - t0 + 1], parent.child[a:a + t1 - t0 + 1], g0, g1
 
     def _seg_fresh(self, seg: Segment, res: dict[int, _Path]) -> Bools:
         """Which of a segment's leaf tables this map allocated."""
@@ -496,7 +552,7 @@ class PageTable:
         fmt = self.fmt
         conflict: int | None = None
         for level, path in res.items():
-            if path.leaf.any():
+            if not path.new and path.leaf.any():
                 c = max(int(path.g[np.argmax(path.leaf)]) << fmt.item_lg2(level), segs[0].va)
                 conflict = c if conflict is None else min(conflict, c)
         partial = None
@@ -505,7 +561,7 @@ class PageTable:
             if conflict is not None and conflict <= seg.va:
                 break
             parent = res.get(self.fmt.pgsz_to_level(seg.lg2) + 1)
-            if parent is not None and parent.fresh.all():
+            if parent is not None and parent.new:
                 continue  # every table of this level was just made: nothing in the way
             level, t, f, g0, g1 = self._seg_tables(seg, res)
             have = (f >= 0) & ~self._seg_fresh(seg, res)
@@ -576,8 +632,8 @@ class PageTable:
         self._release(self._subtree_frames(level - 1, children))
 
     def _release(self, frames: I64) -> None:
-        if len(frames):
-            self.mem.free_frames(frames)
+        if len(frames):  # table pages are cleared when allocated again (iommu_alloc_pages_node_sz())
+            self.mem.free_frames(frames, scrub=False)
             self.table_frames -= len(frames)
 
     def _install(self, segs: list[Segment], res: dict[int, _Path], attrs: int,
@@ -589,8 +645,9 @@ class PageTable:
         for seg in segs:
             level, _, f, g0, g1 = self._seg_tables(seg, res)
             clg2 = seg.lg2 - fmt.item_lg2(level)
+            new = level < self.top_level and res[level + 1].new  # tables of one alloc_frames(): ascending
             self._write_leaves(level, f, g0, g1, fmt.leaf(level, seg.oa, seg.lg2, attrs),
-                               fmt.leaf_stride(level, seg.lg2), clg2)
+                               fmt.leaf_stride(level, seg.lg2), clg2, new)
         if to_free:  # the walk cache may still hold the freed tables (iommu_iotlb_sync in map_range)
             self._flush(iova, length, True)
 
@@ -608,8 +665,10 @@ class PageTable:
     def _ramp(first: int, n: int, clg2: int, stride: int) -> U64:
         return np.uint64(first) + (np.arange(n, dtype=np.uint64) >> np.uint64(clg2)) * np.uint64(stride)
 
-    def _write_leaves(self, level: int, f: I64, g0: int, g1: int, e0: int, stride: int, clg2: int) -> None:
-        """Items g0..g1 at ``level`` (tables ``f`` in order) get e0 + ((g - g0) >> clg2) * stride."""
+    def _write_leaves(self, level: int, f: I64, g0: int, g1: int, e0: int, stride: int, clg2: int,
+                      ascending: bool = False) -> None:
+        """Items g0..g1 at ``level`` (tables ``f`` in order; ``ascending``: known to be) get
+        e0 + ((g - g0) >> clg2) * stride."""
         if level == self.top_level:
             base = self.top_frame * ITEMS
             self.mem.u64_flat[base + g0:base + g1 + 1] = self._ramp(e0, g1 - g0 + 1, clg2, stride)
@@ -630,17 +689,21 @@ class PageTable:
             b -= 1
             u64[f[-1], :hi + 1] = self._ramp(first_full + (b - a) * per_table, hi + 1, clg2, stride)
         if b > a:
-            self._fill_tables(f[a:b], first_full, per_table, clg2, stride)
+            self._fill_tables(f[a:b], first_full, per_table, clg2, stride, ascending)
 
-    def _fill_tables(self, frames: I64, row0: int, per_table: int, clg2: int, stride: int) -> None:
+    def _fill_tables(self, frames: I64, row0: int, per_table: int, clg2: int, stride: int,
+                     ascending: bool = False) -> None:
         """Whole tables ``frames``: table k gets row0 + k*per_table + the template's first row."""
         tpl = self._template(clg2, stride)
         k = len(frames)
-        run = frame_run(frames) is not None
+        # one run of frames: write the rows in place (ascending frames spanning k are one)
+        run = int(frames[-1]) - int(frames[0]) == k - 1 if ascending else frame_run(frames) is not None
         dst = self.mem.u64[frames[0]:frames[0] + k] if run else np.empty((k, ITEMS), np.uint64)
         q, r = divmod(k, _TEMPLATE_ROWS)
         if q:
-            bases = np.uint64(row0) + np.arange(q, dtype=np.uint64) * np.uint64(per_table * _TEMPLATE_ROWS)
+            bases = np.multiply(_IDX_U64[:q] if q <= ITEMS else np.arange(q, dtype=np.uint64),
+                                np.uint64(per_table * _TEMPLATE_ROWS))
+            bases += np.uint64(row0)
             np.add(tpl[None, :, :], bases[:, None, None],
                    out=dst[:q * _TEMPLATE_ROWS].reshape(q, _TEMPLATE_ROWS, ITEMS))
         if r:
@@ -661,6 +724,8 @@ class PageTable:
         if not level:
             return _Items(g, e, f, present, np.zeros(len(e), dtype=bool), np.empty(0, dtype=np.int64))
         table = present & self.fmt.is_table(e, level)
+        if np.count_nonzero(table) == len(table):  # every item a table (the usual case above level 0)
+            return _Items(g, e, f, present, table, self._children(e), True)
         return _Items(g, e, f, present, table, self._children(e[table]))
 
     def _one_item(self, level: int, frame: int, g: int) -> _Items:
@@ -671,7 +736,7 @@ class PageTable:
         table = present and level > 0 and bool(fmt.is_table(e, level))
         return _Items(np.array([g], dtype=np.int64), np.array([e], dtype=np.uint64),
                       np.array([frame], dtype=np.int64), np.array([present]), np.array([table]),
-                      np.array([int(fmt.table_pa(e)) >> FRAME_SHIFT] if table else [], dtype=np.int64))
+                      np.array([int(fmt.table_pa(e)) >> FRAME_SHIFT] if table else [], dtype=np.int64), table)
 
     def _visit(self, v0: int, v1: int, floor: int = 1, partial_only: bool = False
                ) -> tuple[dict[int, _Items], _Rows]:
@@ -689,7 +754,8 @@ class PageTable:
             items = self._items(level, g, self._entries(level, g, f), f)
         while True:
             levels[level] = items
-            tn, tf = items.g[items.table], items.children
+            tf = items.children
+            tn = items.g if items.tables else items.g[items.table]
             level -= 1
             if level == 0:
                 return levels, _Rows(tn, tf)
@@ -698,8 +764,13 @@ class PageTable:
             a = lo - int(tn[0]) * ITEMS if len(tn) and lo > int(tn[0]) * ITEMS else 0
             b = len(tn) * ITEMS - ((int(tn[-1]) * ITEMS + ITEMS - 1 - hi) if len(tn) and hi < int(tn[-1]) * ITEMS
                                    + ITEMS - 1 else 0)
-            items = self._items(level, _arange_items(tn)[a:b], self.mem.u64[tf].reshape(-1)[a:b],
-                                np.repeat(tf, ITEMS)[a:b])
+            if len(tn) == 1:  # one table (the usual case): its row, without gathering
+                t0, f0 = int(tn[0]) * ITEMS, int(tf[0])
+                items = self._items(level, np.arange(t0 + a, t0 + b, dtype=np.int64), self.mem.u64[f0, a:b].copy(),
+                                    np.full(b - a, f0, dtype=np.int64))
+            else:
+                items = self._items(level, _arange_items(tn)[a:b], self.mem.u64[tf].reshape(-1)[a:b],
+                                    np.repeat(tf, ITEMS)[a:b])
 
     def _first_hole0(self, rows: _Rows, lo: int, hi: int) -> int | None:
         """First empty level-0 item in [lo, hi] (global indices) within the given tables."""
@@ -727,7 +798,7 @@ class PageTable:
         levels, rows = self._visit(v0, v1, partial_only=True)  # a covered table item may be freed
         hole = v1 + 1
         for lvl, it in levels.items():
-            if not it.present.all():
+            if not it.tables and not it.present.all():
                 hole = min(hole, max(int(it.g[np.argmin(it.present)]) << fmt.item_lg2(lvl), v0))
         gl = fmt.GRANULE_LG2
         h0 = self._first_hole0(rows, v0 >> gl, min(v1, hole - 1) >> gl)
@@ -748,7 +819,7 @@ class PageTable:
             first, stop = (v0 + (1 << isz) - 1) >> isz, (lim + 1) >> isz
             if not len(it.g):
                 continue
-            if int(it.g[0]) >= first and int(it.g[-1]) < stop and it.table.all():
+            if int(it.g[0]) >= first and int(it.g[-1]) < stop and (it.tables or it.table.all()):
                 freed[lvl] = it.children  # the common case: every item a table the range covers
                 if not all_freed:  # (freeing zeroes the tables that are going anyway)
                     self._store(lvl, it.g, it.f, 0)
