@@ -21,6 +21,18 @@ def best_of(fn: Callable[[], object], repeat: int = 5) -> float:
     return best
 
 
+def best_of_interleaved(fns: dict[str, Callable[[], object]], repeat: int = 5) -> dict[str, float]:
+    """Smallest wall time of each function over ``repeat`` rounds that run every function once in turn:
+    a floor and the value measured against it see the same spells of load on a shared machine."""
+    best = dict.fromkeys(fns, float("inf"))
+    for _ in range(repeat):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - t0)
+    return best
+
+
 def report(name: str, unit: str, value: float, floor: float | None, goal: str,
            extra: dict[str, object] | None = None) -> dict[str, object]:
     """Print one line and write bench/out/NAME.json; ``ratio`` = value / floor (None without a floor)."""

@@ -314,7 +314,8 @@ class PhysMemory:
         end = pa + src.size
         if pa < 0 or end > self.size:
             self._range(pa, src.size)
-        self._written_top = max(self._written_top, (end + FRAME_SIZE - 1) >> FRAME_SHIFT)
+        if end > self._written_top << FRAME_SHIFT:
+            self._written_top = (end + FRAME_SIZE - 1) >> FRAME_SHIFT
         self.u8_flat[pa:end] = src
 
     def frame_u64(self, frame: int) -> npt.NDArray[np.uint64]:
