@@ -21,6 +21,7 @@ import errno
 import os
 import select
 import socket
+import struct
 import threading
 import time
 from collections.abc import Sequence
@@ -34,6 +35,7 @@ from vfiolab.vfio_user.codec import Body, Message, decode, encode, error_reply, 
 from vfiolab.vfio_user.device import DeviceInfo, IoFdsReply, IoFdsRequest, RegionInfo
 from vfiolab.vfio_user.dma import DmaBitmap, DmaMap, DmaRead, DmaReadReply, DmaUnmap, DmaWrite, DmaWriteReply
 from vfiolab.vfio_user.dma_table import DmaTable
+from vfiolab.vfio_user.fastpath import ACCESS, ACCESS_SIZE, decode_access, encode_access
 from vfiolab.vfio_user.irq import IrqInfo, IrqSet
 from vfiolab.vfio_user.migration import (
     DeviceFeature,
@@ -70,11 +72,12 @@ from vfiolab.vfio_user.region import (
     RegionWriteMulti,
     RegionWriteMultiReply,
 )
-from vfiolab.vfio_user.stream import FrameReader
-from vfiolab.vfio_user.transport import send_frame
+from vfiolab.vfio_user.stream import FrameReader, send_bytes
 from vfiolab.vfio_user.version import Capabilities, MigrationCaps, TwinSocket, Version
 
 RW: Final = DMA_MAP_FLAG_READ | DMA_MAP_FLAG_WRITE
+_READ: Final = int(Command.REGION_READ)
+_WRITE: Final = int(Command.REGION_WRITE)
 
 
 class ServerError(UapiError):
@@ -159,12 +162,16 @@ class Client:
             migration=MigrationCaps(pgsize=4096) if migration else None,
             twin_socket=TwinSocket(supported=True) if twin_socket else None,
             write_multiple=True if write_multiple else None))
+        # Inline reading waits with SO_RCVTIMEO (one syscall per receive, no select); the background reader
+        # blocks without a limit (callers time out on their reply instead).
+        self._rcvtimeo(timeout)
         try:
             self._negotiate()
         except BaseException:
             self.close()
             raise
         if background:
+            self._rcvtimeo(0)
             self._spawn(self._serve_socket, self.sock, self.reader, "vfio-user-client")
 
     # ------------------------------------------------------------------ setup and teardown
@@ -182,6 +189,11 @@ class Client:
         else:
             for fd in reply.fds:
                 os.close(fd)
+
+    def _rcvtimeo(self, seconds: float) -> None:
+        whole = int(seconds)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO,
+                             struct.pack("@ll", whole, int((seconds - whole) * 1e6)))
 
     def _spawn(self, target: Any, *args: Any) -> None:
         t = threading.Thread(target=target, args=args[:2], name=args[2], daemon=True)
@@ -232,9 +244,10 @@ class Client:
         raise UapiError(errno.EAGAIN, "no free message id")
 
     def _send(self, msg: Message, sock: socket.socket | None = None) -> None:
-        data, fds = encode(msg)
+        fast = encode_access(msg)
+        data, fds = (fast, []) if fast is not None else encode(msg)
         with self._send_lock:
-            send_frame(sock or self.sock, data, fds)
+            send_bytes(sock or self.sock, data, fds)
 
     def call(self, command: Command, body: Body | None = None, *, fds: Sequence[int] = (),
              no_reply: bool = False) -> Message | None:
@@ -275,12 +288,9 @@ class Client:
             self._send(msg)
             deadline = time.monotonic() + self.timeout
             while msg.msg_id not in self._stash:
-                left = deadline - time.monotonic()
-                if left <= 0:
+                if time.monotonic() > deadline:
                     raise UapiError(errno.ETIMEDOUT, f"no reply to {msg.command.name} in {self.timeout} s")
-                if not self.reader.pending and not select.select([self.sock], [], [], left)[0]:
-                    continue
-                if not self._receive_one(self.sock, self.reader):
+                if not self._receive_one(self.sock, self.reader):  # SO_RCVTIMEO bounds each wait
                     return self._checked(msg, None)
             return self._checked(msg, self._stash.pop(msg.msg_id))
 
@@ -300,21 +310,32 @@ class Client:
 
     def _receive_one(self, sock: socket.socket, reader: FrameReader) -> bool:
         """Read one message: stash a reply for its caller, serve a request.  False at the end."""
-        try:
-            frame = reader.read_frame()
-        except (ProtocolError, OSError):
-            return False
+        frame = self._read_frame(reader)
         if frame is None:
             return False
+        self._handle(frame, sock)
+        return True
+
+    def _read_frame(self, reader: FrameReader) -> tuple[bytes, list[int]] | None:
+        """The next frame; None when the stream ended (or broke); ETIMEDOUT when SO_RCVTIMEO expired."""
         try:
-            msg = decode(frame[0], frame[1], role=Role.CLIENT, limits=self.limits)
+            return reader.read_frame()
+        except (BlockingIOError, TimeoutError):  # SO_RCVTIMEO expired (inline reading)
+            raise UapiError(errno.ETIMEDOUT, f"the server sent nothing for {self.timeout} s") from None
+        except (ProtocolError, OSError):
+            return None
+
+    def _handle(self, frame: tuple[bytes, list[int]], sock: socket.socket) -> None:
+        try:
+            msg = decode_access(frame[0], frame[1], False, self.limits) or decode(
+                frame[0], frame[1], role=Role.CLIENT, limits=self.limits)
         except ProtocolError as e:
             for fd in frame[1]:
                 os.close(fd)
             h = e.header
             if h is not None and not h.is_reply and not h.no_reply:
                 self._send(error_reply(h.command, h.msg_id, e.errno), sock)
-            return True
+            return
         if msg.reply:
             with self._lock:
                 waiter = self._pending.get(msg.msg_id)
@@ -323,9 +344,44 @@ class Client:
                 waiter.event.set()
             else:
                 self._stash[msg.msg_id] = msg
-            return True
+            return
         self._serve_request(msg, sock)
-        return True
+
+    def _inline_access(self, command: Command, region: int, offset: int, count: int, data: bytes,
+                       no_reply: bool) -> bytes | int | None:
+        """REGION_READ / REGION_WRITE when this thread reads its own replies: packed and parsed with struct
+        (the reply's data, or the count written); any other message met meanwhile is handled as usual."""
+        cmd = int(command)
+        with self._read_lock:
+            msg_id = self._alloc_id()
+            try:
+                wire = ACCESS.pack(msg_id, cmd, ACCESS_SIZE + len(data), 0x10 if no_reply else 0, 0, offset, region,
+                                   count) + data
+            except struct.error:
+                raise UapiError(errno.EINVAL, f"{command.name}: a field is out of range") from None
+            send_bytes(self.sock, wire)
+            if no_reply:
+                return None
+            deadline = time.monotonic() + self.timeout
+            while msg_id not in self._stash:
+                frame = self._read_frame(self.reader)
+                if frame is None:
+                    raise UapiError(errno.ECONNRESET, f"the server closed the connection (no reply to "
+                                                      f"{command.name})")
+                raw, fds = frame
+                if not fds and len(raw) >= ACCESS_SIZE:
+                    mid, c, size, flags, _err, _off, _reg, n = ACCESS.unpack_from(raw)
+                    if mid == msg_id and c == cmd and flags == 1 and size == len(raw):
+                        if cmd == _READ and size == ACCESS_SIZE + n:
+                            return raw[ACCESS_SIZE:]
+                        if cmd == _WRITE and size == ACCESS_SIZE:
+                            return n
+                self._handle(frame, self.sock)
+                if time.monotonic() > deadline:
+                    raise UapiError(errno.ETIMEDOUT, f"no reply to {command.name} in {self.timeout} s")
+            reply = self._checked(request(command, msg_id=msg_id), self._stash.pop(msg_id))
+            body = reply.body
+            return body.data if isinstance(body, RegionReadReply) else body.count  # type: ignore[union-attr]
 
     def _serve_socket(self, sock: socket.socket, reader: FrameReader) -> None:
         while self._receive_one(sock, reader):
@@ -447,11 +503,18 @@ class Client:
 
     # ------------------------------------------------------------------ region access
     def region_read(self, region: int, offset: int, count: int) -> bytes:
+        if not self.background and not self.closed:
+            data = self._inline_access(Command.REGION_READ, region, offset, count, b"", False)
+            assert isinstance(data, bytes)
+            return data
         reply = self.call(Command.REGION_READ, RegionRead(region, offset, count))
         assert reply is not None and isinstance(reply.body, RegionReadReply)
         return reply.body.data
 
     def region_write(self, region: int, offset: int, data: bytes, *, no_reply: bool = False) -> None:
+        if not self.background and not self.closed:
+            self._inline_access(Command.REGION_WRITE, region, offset, len(data), bytes(data), no_reply)
+            return
         self.call(Command.REGION_WRITE, RegionWrite(region, offset, bytes(data)), no_reply=no_reply)
 
     def write_multi(self, writes: Sequence[tuple[int, int, bytes]], *, no_reply: bool = False) -> int | None:

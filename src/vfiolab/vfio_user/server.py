@@ -42,6 +42,7 @@ from vfiolab.vfio_user.codec import Message, decode, encode, error_reply, reply_
 from vfiolab.vfio_user.device import DeviceInfo, IoFdsRequest, RegionInfo
 from vfiolab.vfio_user.dma import DmaBitmap, DmaMap, DmaRead, DmaReadReply, DmaUnmap, DmaWrite, DmaWriteReply
 from vfiolab.vfio_user.dma_table import DmaTable
+from vfiolab.vfio_user.fastpath import decode_access, encode_access
 from vfiolab.vfio_user.irq import IrqInfo, IrqSet
 from vfiolab.vfio_user.migration import DeviceFeature, MigData, MigDataRead, bitmap_size
 from vfiolab.vfio_user.protocol import (
@@ -64,12 +65,12 @@ from vfiolab.vfio_user.region import (
     RegionWriteReply,
 )
 from vfiolab.vfio_user.server_device import DeviceHost
-from vfiolab.vfio_user.stream import FrameReader
-from vfiolab.vfio_user.transport import send_frame
+from vfiolab.vfio_user.stream import FrameReader, send_bytes
 from vfiolab.vfio_user.version import Capabilities, MigrationCaps, TwinSocket, Version
 
 log = logging.getLogger(__name__)
 
+_NAMES: Final = {c: c.name for c in Command}
 #: The wire version we speak: libvfio-user's (include/libvfio-user.h LIB_VFIO_USER_MAJOR/MINOR).
 MAJOR: Final = 0
 MINOR: Final = 2
@@ -332,7 +333,8 @@ class Connection:
             return None
         data, fds = frame
         try:
-            msg = decode(data, fds, role=Role.SERVER, limits=self.limits)
+            msg = decode_access(data, fds, True, self.limits) or decode(data, fds, role=Role.SERVER,
+                                                                        limits=self.limits)
         except ProtocolError as e:
             for fd in fds:
                 os.close(fd)
@@ -352,9 +354,9 @@ class Connection:
         if msg.reply:
             self._deliver(msg)
             return
-        name = msg.command.name
+        name = _NAMES[msg.command]
         self.endpoint.stats.commands[name] += 1
-        fds = list(msg.fds)
+        fds = msg.fds
         try:
             if not self.negotiated:
                 self._negotiate(msg)
@@ -362,7 +364,7 @@ class Connection:
             handler = _HANDLERS.get(msg.command)
             if handler is None:
                 raise UapiError(errno.EINVAL, f"{name} is not accepted now")
-            fds = []  # a handler owns the fds it is given (kept or closed, also when it fails)
+            fds = ()  # a handler owns the fds it is given (kept or closed, also when it fails)
             with self.host.locked():
                 body, out_fds = handler(self, msg)
             if not msg.no_reply:
@@ -436,11 +438,12 @@ class Connection:
 
     # ------------------------------------------------------------------ sending
     def _send(self, msg: Message) -> None:
-        data, fds = encode(msg)
+        fast = encode_access(msg)
+        data, fds = (fast, []) if fast is not None else encode(msg)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("%s -> %s", self.name, describe(msg))
         with self._send_lock:
-            send_frame(self.sock, data, fds)
+            send_bytes(self.sock, data, fds)
 
     def _send_error(self, command: int, msg_id: int, err: int) -> None:
         try:
@@ -551,7 +554,7 @@ class Connection:
             data, fds = encode(request(command, body, msg_id=msg_id))
             try:
                 self.twin.settimeout(self.opts.dma_timeout)
-                send_frame(self.twin, data, fds)
+                send_bytes(self.twin, data, fds)
                 while True:
                     frame = self.twin_reader.read_frame()
                     if frame is None:

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from vfiolab.devices.api import Device
-from vfiolab.devices.bars import split_access
+from vfiolab.devices.bars import ACCESS_SIZES, split_access
 from vfiolab.errors import UapiError, VfiolabError
 from vfiolab.vfio.dma_logging import PageTracker, logging_report, logging_start
 from vfiolab.vfio.migration import (
@@ -124,6 +124,23 @@ class _Migratable:
         self.host.device.set_running(running)
 
 
+class _Locked:
+    """``with host.locked():`` (a class, not a generator: it runs for every message)."""
+
+    __slots__ = ("host",)
+
+    def __init__(self, host: DeviceHost) -> None:
+        self.host = host
+
+    def __enter__(self) -> None:
+        self.host.lock.acquire()
+        self.host._owner = threading.get_ident()
+
+    def __exit__(self, *exc: object) -> None:
+        self.host._owner = None
+        self.host.lock.release()
+
+
 class DeviceHost:
     """One device as a vfio-user server presents it."""
 
@@ -132,6 +149,7 @@ class DeviceHost:
         self.lock = threading.Lock()
         """Serialises every access to the device (requests, deferred work, the client going away)."""
         self._owner: int | None = None
+        self._locked = _Locked(self)
         self.irqs = IrqTable(device)
         device.attach_sink(self.irqs)
         # The vfio-user client (QEMU) emulates the MSI-X table itself and never forwards its accesses.
@@ -145,15 +163,9 @@ class DeviceHost:
         self.migration = VfioMigration(_Migratable(self), VFIO_MIGRATION_STOP_COPY)
 
     # ------------------------------------------------------------------ locking
-    @contextmanager
-    def locked(self) -> Iterator[None]:
+    def locked(self) -> _Locked:
         """Hold the device lock (and remember the holder, so a DMA wait can let go of it)."""
-        with self.lock:
-            self._owner = threading.get_ident()
-            try:
-                yield
-            finally:
-                self._owner = None
+        return self._locked
 
     @contextmanager
     def released(self) -> Iterator[None]:
@@ -244,6 +256,8 @@ class DeviceHost:
                                 for off, n in split_access(offset, count, CONFIG_WIDTH))
             if spec.kind == "rom":
                 return b"\xff" * count  # no ROM image behind the BAR
+            if count in ACCESS_SIZES and not offset % count:  # one naturally aligned access (the usual MMIO)
+                return self.device.bar_read(region, offset, count).to_bytes(count, "little")
             data = self.device.read_bar(region, offset, count)
         except VfiolabError as e:
             raise UapiError(errno.EINVAL, str(e)) from None
@@ -258,6 +272,8 @@ class DeviceHost:
             if spec.kind == "config":
                 for off, n in split_access(offset, len(data), CONFIG_WIDTH):
                     self.device.config_write(off, n, int.from_bytes(data[off - offset:off - offset + n], "little"))
+            elif len(data) in ACCESS_SIZES and not offset % len(data):
+                self.device.bar_write(region, offset, len(data), int.from_bytes(data, "little"))
             else:
                 self.device.write_bar(region, offset, data)
         except VfiolabError as e:
