@@ -273,3 +273,24 @@ def test_raw_feature_argsz(edu: Endpoint) -> None:
 def test_commands_table_is_complete() -> None:
     from vfiolab.vfio_user.server import _HANDLERS
     assert set(_HANDLERS) == set(Command) - {Command.VERSION, Command.DMA_READ, Command.DMA_WRITE}
+
+
+def test_a_client_vanishing_mid_dma(edu: Endpoint) -> None:
+    """The device waits for a DMA_READ reply that never comes: the client closes instead.  The wait ends, the
+    device sees a DMA error, nothing of that client stays mapped, and the next client is served."""
+    before = len(os.listdir("/proc/self/fd"))
+    c = Client(edu.path, background=False)  # nobody reads the server's DMA request
+    c.map_memory(RAM, 0x1000, send_fd=False)
+    c.config_write(regs.COMMAND, 2, regs.COMMAND_MEMORY | regs.COMMAND_MASTER)
+    for reg, value in ((E.REG_DMA_SRC, RAM), (E.REG_DMA_DST, E.DMA_START), (E.REG_DMA_CNT, 8)):
+        c.write_int(0, reg, 8, value)
+    c.write_int(0, E.REG_DMA_CMD, 8, E.DMA_RUN)
+    wait_until(lambda: edu.stats.dma_messages == 1)  # the DMA_READ is out; the worker waits
+    c.close()
+    wait_until(lambda: edu.owner is None and edu.device.guest_errors)  # type: ignore[attr-defined]
+    assert "went away" in edu.device.guest_errors[0]  # type: ignore[attr-defined]
+    assert len(os.listdir("/proc/self/fd")) == before
+    with Client(edu.path) as c2:
+        c2.map_memory(RAM, 0x1000, send_fd=False)
+        edu.device.guest_errors.clear()  # type: ignore[attr-defined]
+        assert round_trip(c2, edu, b"again!!!") == b"again!!!"
