@@ -79,7 +79,12 @@ class DmaPort:
         dev = self.dev
         unit = dev.unit
         if pasid is None and dev.atc is None and unit is not None and 0 <= iova and n:
-            runs = unit.translate(dev.rid, 0, iova, n, False)  # the common case, without ATS or PASID
+            pa = unit.translate_one(dev.rid, 0, iova, n, False)  # the common case, without ATS or PASID
+            if pa >= 0:
+                dst[...] = unit.mem.u8_flat[pa:pa + n]
+                self.bytes_read += n
+                return
+            runs = unit.translate(dev.rid, 0, iova, n, False)
         else:
             runs = self._xlate(iova, n, False, pasid)
             unit = self._unit()
@@ -102,6 +107,11 @@ class DmaPort:
         dev = self.dev
         unit = dev.unit
         if pasid is None and dev.atc is None and unit is not None and 0 <= iova and n:
+            pa = unit.translate_one(dev.rid, 0, iova, n, True)
+            if pa >= 0:
+                unit.mem.store(pa, data)
+                self.bytes_written += n
+                return
             runs = unit.translate(dev.rid, 0, iova, n, True)
         else:
             runs = self._xlate(iova, n, True, pasid)

@@ -111,6 +111,17 @@ class TranslationCache:
         return self._sets[(sidx ^ (tag * 0x9E3779B1)) % self.nsets]
 
     # ------------------------------------------------------------------ lookup / fill
+    def peek(self, tag: int, addr: int, end: int) -> Run | None:
+        """The last run used when it holds all of [addr, end) for ``tag`` (the one-entry L1), else None.
+        Counts nothing: a caller that answers from the run counts the hit, one that does not goes on to
+        lookup()."""
+        mru = self._mru
+        if mru is not None and mru[0] == tag:
+            run = mru[1]
+            if run.lo <= addr and end <= run.hi:
+                return run
+        return None
+
     def lookup(self, tag: int, addr: int) -> Run | None:
         """The cached run holding ``addr`` for ``tag``, or None (a miss)."""
         mru = self._mru

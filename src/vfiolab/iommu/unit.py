@@ -249,6 +249,20 @@ class IommuUnit:
             return [(run.pa + (iova - run.lo), length)]  # one cached run holds the whole burst
         return self._translate_runs(ctx, rid, pasid, iova, length, write, run)
 
+    def translate_one(self, rid: int, pasid: int, iova: int, length: int, write: bool) -> int:
+        """translate() of a request the last IOTLB run used holds whole with the access allowed (most
+        bursts of a stream): its physical address; -1, with nothing counted, when translate() must
+        answer."""
+        ctx = self._ctx.get((rid, pasid))
+        if ctx is None or ctx.mode != MODE_TRANSLATE or not self.translation_enabled:
+            return -1
+        cache = self.iotlb
+        run = cache.peek(ctx.tag, iova, iova + length)
+        if run is None or not (run.w and run.dmask == run.dfull if write else run.r):
+            return -1
+        cache.stats.hits += 1
+        return run.pa + (iova - run.lo)
+
     def _untranslated(self, ctx: Context | None, rid: int, pasid: int, iova: int, length: int, write: bool
                       ) -> list[tuple[int, int]]:
         if not self.translation_enabled:
