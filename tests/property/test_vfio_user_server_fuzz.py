@@ -11,6 +11,7 @@ fuzzed device is served afterwards.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import socket
@@ -183,9 +184,12 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, dict
            "testdev": server.add(TestDev("testdev"), str(tmp / "testdev.sock")),
            "keeper": server.add(Edu("keeper"), str(tmp / "keeper.sock"))}
     keeper = Client(eps["keeper"].path)
+    gc.collect()
     yield server, eps, keeper, errors, len(os.listdir("/proc/self/fd"))
     keeper.close()
     server.close()
+    for ep in eps.values():
+        ep.device.close()
     logger.removeHandler(errors)
 
 
@@ -253,6 +257,7 @@ def test_after_fuzzing_the_devices_are_served_and_nothing_leaked(
     while any(e.connections for e in (eps["edu"], eps["testdev"])) and time.monotonic() < deadline:
         time.sleep(0.01)
     # every fd the fuzzer sent (memfds, eventfds) and every connection it made is gone
+    gc.collect()
     assert len(os.listdir("/proc/self/fd")) == before
     assert not errors.records
     assert sum(len(e.connections) for e in eps.values()) == 1  # the keeper

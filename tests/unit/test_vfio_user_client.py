@@ -5,14 +5,13 @@ server DMA outside every mapping is ENODEV; proxy.c: replies matched by msg_id).
 from __future__ import annotations
 
 import errno
-import os
 import socket
 import threading
 from collections.abc import Callable, Iterator
 
 import pytest
 import test_vfio_user_server as base
-from test_vfio_user_server import wait_until
+from test_vfio_user_server import open_fds, wait_until
 
 from vfiolab.devices import edu as E
 from vfiolab.errors import UapiError
@@ -193,7 +192,7 @@ def test_both_reading_modes_against_our_server(edu: Endpoint) -> None:
 
 
 def test_unmap_memory_frees_both_sides(edu: Endpoint) -> None:
-    before = len(os.listdir("/proc/self/fd"))
+    before = open_fds()
     with Client(edu.path) as c:
         c.map_memory(0x10000, 0x3000)
         c.unmap_memory(0x10000)
@@ -201,4 +200,4 @@ def test_unmap_memory_frees_both_sides(edu: Endpoint) -> None:
         with pytest.raises(ServerError):
             c.dma_unmap(0x10000, 0x3000)
     wait_until(lambda: edu.owner is None)
-    assert len(os.listdir("/proc/self/fd")) == before
+    assert open_fds() == before

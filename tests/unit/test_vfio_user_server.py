@@ -11,6 +11,7 @@ vfio_pci_intrs.c) where the server follows the kernel.  The raw socket helper ``
 from __future__ import annotations
 
 import errno
+import gc
 import json
 import logging
 import mmap
@@ -47,6 +48,8 @@ def wait_until(cond: Callable[[], object], timeout: float = 5.0) -> None:
 
 
 def open_fds() -> int:
+    """Open fds of this process (server included), after collecting garbage that may still hold some."""
+    gc.collect()
     return len(os.listdir("/proc/self/fd"))
 
 
@@ -114,7 +117,10 @@ class Raw:
 def server() -> Iterator[Server]:
     srv = Server(ServerOptions(busy_wait=0.3, dma_timeout=5.0)).start()
     yield srv
+    devices = [ep.device for ep in srv.endpoints.values()]
     srv.close()
+    for dev in devices:
+        dev.close()
 
 
 def serve(srv: Server, device: object, tmp: Path, name: str) -> Endpoint:

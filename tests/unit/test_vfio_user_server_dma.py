@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 import test_vfio_user_server as base
-from test_vfio_user_server import Raw, le, serve, u32, wait_until
+from test_vfio_user_server import Raw, le, open_fds, serve, u32, wait_until
 
 from vfiolab.devices import Edu
 from vfiolab.devices import edu as E
@@ -278,7 +278,7 @@ def test_commands_table_is_complete() -> None:
 def test_a_client_vanishing_mid_dma(edu: Endpoint) -> None:
     """The device waits for a DMA_READ reply that never comes: the client closes instead.  The wait ends, the
     device sees a DMA error, nothing of that client stays mapped, and the next client is served."""
-    before = len(os.listdir("/proc/self/fd"))
+    before = open_fds()
     c = Client(edu.path, background=False)  # nobody reads the server's DMA request
     c.map_memory(RAM, 0x1000, send_fd=False)
     c.config_write(regs.COMMAND, 2, regs.COMMAND_MEMORY | regs.COMMAND_MASTER)
@@ -289,7 +289,7 @@ def test_a_client_vanishing_mid_dma(edu: Endpoint) -> None:
     c.close()
     wait_until(lambda: edu.owner is None and edu.device.guest_errors)  # type: ignore[attr-defined]
     assert "went away" in edu.device.guest_errors[0]  # type: ignore[attr-defined]
-    assert len(os.listdir("/proc/self/fd")) == before
+    assert open_fds() == before
     with Client(edu.path) as c2:
         c2.map_memory(RAM, 0x1000, send_fd=False)
         edu.device.guest_errors.clear()  # type: ignore[attr-defined]
