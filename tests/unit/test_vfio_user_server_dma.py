@@ -196,6 +196,9 @@ def test_dma_logging_without_ranges_covers_the_mappings(edu: Endpoint) -> None:
         assert c.logging_report(RAM, 0x2000, 4096) == (0b10).to_bytes(8, "little")
         with pytest.raises(ServerError):
             c.logging_start(8192)  # already running (vfio: one session)
+        with pytest.raises(ServerError) as e:
+            c.logging_report(0, 1 << 45)  # a 1 GiB bitmap would not fit one reply
+        assert e.value.errno == EINVAL
 
 
 # ---------------------------------------------------------------------- migration

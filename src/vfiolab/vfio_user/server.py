@@ -44,7 +44,7 @@ from vfiolab.vfio_user.dma import DmaBitmap, DmaMap, DmaRead, DmaReadReply, DmaU
 from vfiolab.vfio_user.dma_table import DmaTable
 from vfiolab.vfio_user.fastpath import decode_access, encode_access
 from vfiolab.vfio_user.irq import IrqInfo, IrqSet
-from vfiolab.vfio_user.migration import DeviceFeature, MigData, MigDataRead, bitmap_size
+from vfiolab.vfio_user.migration import DeviceFeature, DmaLoggingReport, MigData, MigDataRead, bitmap_size
 from vfiolab.vfio_user.protocol import (
     DEFAULT_MAX_DMA_MAPS,
     DEFAULT_PGSIZES,
@@ -701,9 +701,16 @@ def _reset(conn: Connection, msg: Message) -> tuple[Any, list[int]]:
 
 
 def _feature(conn: Connection, msg: Message) -> tuple[Any, list[int]]:
-    assert isinstance(msg.body, DeviceFeature)
+    body = msg.body
+    assert isinstance(body, DeviceFeature)
+    if isinstance(body.data, DmaLoggingReport) and body.data.page_size:
+        # The bitmap travels in one reply: it must fit a message both ends accept (QEMU bounds it with its
+        # max_bitmap_size); a client must not make the server build gigabytes of bitmap.
+        need = bitmap_size(body.data.length, body.data.page_size) + 32
+        if need > min(conn.client_xfer, conn.opts.max_data_xfer_size):
+            raise UapiError(errno.EINVAL, f"DMA_LOGGING_REPORT bitmap of {need - 32} bytes does not fit a message")
     conn.host.default_log_ranges = [(r.iova, r.size) for r in conn.dma]
-    return conn.host.feature(msg.body), []
+    return conn.host.feature(body), []
 
 
 def _mig_data_read(conn: Connection, msg: Message) -> tuple[Any, list[int]]:
