@@ -173,7 +173,8 @@ class TranslationCache:
         if (lo, hi) != (run.lo, run.hi):
             run = run.cut(lo, hi)
         runs.append(run)
-        runs.sort(key=lambda r: r.lo)
+        if len(runs) > 1:
+            runs.sort(key=lambda r: r.lo)
         self.stats.fills += 1
         self._mru = (tag, run)
         return run
