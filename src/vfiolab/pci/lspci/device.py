@@ -95,7 +95,9 @@ def make_device(fn: DumpedFunction) -> Device:
     """Fill a Device the way lspci.c scan_device() and lib/generic.c pci_generic_fill_info() do."""
     avail = len(fn.config)
     cfg = bytes(fn.config[:4096]) + b"\xff" * (4096 - min(avail, 4096))
-    d = Device(fn.domain, fn.bus, fn.devfn >> 3, fn.devfn & 7, cfg, min(avail, 4096))
+    # lib/dump.c keeps device and function as written (00:20.0, 00:01.8 are listed as such).
+    dev, func = fn.raw_slot if fn.raw_slot is not None else (fn.devfn >> 3, fn.devfn & 7)
+    d = Device(fn.domain, fn.bus, dev, func, cfg, min(avail, 4096))
     if avail < 64:
         d.cached = 0  # the first 64-byte read failed: "no config access"
     elif cfg[0x0E] & 0x7F == HDR_CARDBUS and avail >= 128:
