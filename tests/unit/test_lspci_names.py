@@ -123,3 +123,66 @@ def test_system_database_counts() -> None:
     assert db is not None
     assert len(db.vendors) > 2000 and len(db.devices) > 15000 and len(db.subsystems) > 10000
     assert Namer().vendor_device(0x8086, 0x10C9) == "Intel Corporation 82576 Gigabit Network Connection"
+
+
+# ---------------------------------------------------------------------------- -i FILE as the real lspci opens it
+ONE_DEV = b"00:00.0 x\n00: 34 12 78 56 00 00 00 00 00 00 00 02 00 00 00 00\n"
+
+
+def _both(tmp: str, ids: str) -> tuple[tuple[int, str, str], tuple[int, str, str]]:
+    """(status, stdout, stderr) of the real ``lspci -F dump -i ids`` and of ``vfiolab lspci`` on the same."""
+    import subprocess
+    import sys
+
+    from lspci_oracle import LSPCI
+
+    dump = os.path.join(tmp, "one.dump")
+    with open(dump, "wb") as f:
+        f.write(ONE_DEV)
+    res = []
+    for cmd in ([LSPCI], [sys.executable, "-m", "vfiolab.cli.main", "lspci"]):
+        p = subprocess.run([*cmd, "-F", dump, "-i", ids], capture_output=True, text=True, check=False)
+        err = "".join(line for line in p.stderr.splitlines(True) if "libkmod" not in line)
+        res.append((p.returncode, p.stdout, err))
+    return res[0], res[1]
+
+
+def test_ids_file_compressed_or_not_whatever_its_name(tmp_path: object) -> None:
+    """lib/names-parse.c pci_open() with zlib: gzopen() reads plain and gzip alike; "x.gz" falls back to
+    "x", but "x" never to "x.gz"."""
+    import gzip
+
+    tmp = str(tmp_path)
+    with gzip.open(os.path.join(tmp, "gz-named-plain"), "wb") as f:
+        f.write(IDS.encode())
+    with open(os.path.join(tmp, "plain"), "w") as f:
+        f.write(IDS)
+    with gzip.open(os.path.join(tmp, "only.gz"), "wb") as f:
+        f.write(IDS.encode())
+    for ids, shown in (("gz-named-plain", "Acme Corp Widget 9000"), ("plain.gz", "Acme Corp Widget 9000"),
+                       ("only", "Device 1234:5678")):
+        real, ours = _both(tmp, os.path.join(tmp, ids))
+        assert real[0] == 0 and shown in real[1], (ids, real)
+        if ids == "only":       # our one difference: a -i FILE that does not open is an error
+            assert ours[0] == 1 and ours[2] == f"vfiolab: -i {tmp}/only: cannot read the PCI ID list: " \
+                                               "No such file or directory\n"
+        else:
+            assert ours[:2] == real[:2]
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    (None, "I/O error at {path}, line 0"),                 # a directory
+    ("1234  Acme\x00\n\t5678  W\n", "Line too long at {path}, line 1"),   # a NUL ends the C string early
+])
+def test_ids_file_errors_read_like_lspci(tmp_path: object, content: str | None, message: str) -> None:
+    tmp = str(tmp_path)
+    path = os.path.join(tmp, "ids")
+    if content is None:
+        os.mkdir(path)
+    else:
+        with open(path, "w") as f:
+            f.write(content)
+    real, ours = _both(tmp, path)
+    assert real[0] == ours[0] == 1
+    assert real[2].startswith("lspci: " + message.format(path=path))
+    assert ours[2] == "vfiolab: " + message.format(path=path) + "\n"

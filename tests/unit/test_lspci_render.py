@@ -115,7 +115,7 @@ def test_cli_renders_dump_and_reports_bad_input(tmp_path: object, capsys: pytest
     assert main(["lspci", "-F", os.path.join(str(tmp_path), "missing.dump")]) == 1
     assert "cannot open dump" in capsys.readouterr().err
     assert main(["lspci", "-F", good, "-s", "1.9"]) == 1
-    assert capsys.readouterr().err == "vfiolab: -s: Invalid function number\n"
+    assert capsys.readouterr().err == "vfiolab: -s '1.9': Invalid function number\n"
 
 
 def test_ten_thousand_functions_render_in_seconds() -> None:

@@ -7,16 +7,7 @@ import sys
 import click
 
 from vfiolab.errors import VfiolabError
-from vfiolab.pci.dump import DumpedFunction, parse_dump
-
-
-def _load_dump(path: str) -> list[DumpedFunction]:
-    try:
-        with open(path, "rb") as f:
-            text = f.read().decode("utf-8", "surrogateescape")
-    except OSError as e:
-        raise VfiolabError(f"lspci: cannot open dump {path}: {e.strerror}") from None
-    return parse_dump(text, path)
+from vfiolab.pci.dump import DumpedFunction, load_dump
 
 
 def _platform_functions(platform: str | None) -> list[DumpedFunction]:
@@ -25,6 +16,20 @@ def _platform_functions(platform: str | None) -> list[DumpedFunction]:
     except ImportError as e:
         raise VfiolabError(f"lspci: the model platform is not available ({e}); give a dump with -F FILE") from None
     return snapshot(platform)
+
+
+def _check_ids_file(path: str) -> None:
+    """-i FILE given on purpose must exist (lspci silently falls back to numbers; a typo deserves a word)."""
+    candidates = (path, path[:-3]) if path.endswith(".gz") else (path,)
+    for cand in candidates:
+        try:
+            with open(cand, "rb"):
+                return
+        except IsADirectoryError:
+            return                      # names.py reports it as lspci does ("I/O error at ..., line 0")
+        except OSError as e:
+            err = e.strerror
+    raise VfiolabError(f"-i {path}: cannot read the PCI ID list: {err}")
 
 
 @click.command("lspci", context_settings={"help_option_names": ["-h", "--help"]})
@@ -46,12 +51,18 @@ def lspci(verbose: int, hexdump: int, tree: bool, machine: int, numeric: int, sl
     """List PCI functions exactly as pciutils 3.9 `lspci -F` would show the same config space."""
     from vfiolab.pci.lspci import LspciOptions, render_result
     from vfiolab.pci.lspci.names import DEFAULT_PCI_IDS
+    from vfiolab.pci.lspci.slotfilter import parse_slot
 
     if dump_file is not None and platform_file is not None:
-        raise VfiolabError("lspci: give either -F FILE or --platform FILE, not both")
+        raise click.UsageError("give either -F FILE or --platform FILE, not both")
+    if slot is not None:
+        parse_slot(slot)                # a bad -s fails before any file is read, as in lspci
+    if ids_file is not None:
+        _check_ids_file(ids_file)
     opts = LspciOptions(verbose=verbose, hex=hexdump, tree=tree, machine=machine, numeric=numeric, slot=slot,
                         domains=domains, json=as_json, ids_path=ids_file or DEFAULT_PCI_IDS)
-    funcs = _load_dump(dump_file) if dump_file is not None else _platform_functions(platform_file)
+    # lib/dump.c lists device numbers 20-ff and functions 8-9 as written: so do we (any_slot).
+    funcs = load_dump(dump_file, any_slot=True) if dump_file is not None else _platform_functions(platform_file)
     result = render_result(funcs, opts)
     for warning in result.warnings:
         click.echo(f"pcilib: {warning}", err=True)

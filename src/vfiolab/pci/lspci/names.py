@@ -8,7 +8,7 @@ the rules of pciutils ``lib/names-parse.c`` and formatted with those of ``lib/na
 from __future__ import annotations
 
 import gzip
-import os
+import zlib
 from dataclasses import dataclass, field
 from typing import Final, TypeVar
 
@@ -52,10 +52,16 @@ class PciIds:
         db = cls()
         cat = ""
         id1 = id2 = id3 = id4 = 0
-        for lino, raw in enumerate(text.split("\n"), 1):
+        lines = text.split("\n")
+        for lino, raw in enumerate(lines, 1):
             line = raw.split("\r", 1)[0]
-            if len(line) >= _MAX_LINE - 1:
+            if len(line) >= _MAX_LINE // 4 and len(line.encode("utf-8", "surrogateescape")) >= _MAX_LINE - 1:
                 raise VfiolabError(f"Line too long at {source}, line {lino}")
+            if "\0" in line:
+                # The line ends at the NUL for C; before the end of the file that reads as no newline.
+                if lino < len(lines):
+                    raise VfiolabError(f"Line too long at {source}, line {lino}")
+                line = line.split("\0", 1)[0]
             # Only one trailing blank is dropped (names-parse.c).
             if line and line[-1] in " \t":
                 line = line[:-1]
@@ -163,15 +169,36 @@ def _put(table: dict[_K, str], key: _K, name: str) -> bool:
 _CACHE: dict[str, PciIds | None] = {}
 
 
+def _read_ids(path: str) -> bytes | None:
+    """The file's bytes as gzopen() gives them (plain or gzip), None if it cannot be opened."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except (FileNotFoundError, PermissionError, NotADirectoryError):
+        return None                     # fopen()/gzopen() failed: lspci falls back to numbers
+    except OSError:
+        # A directory opens but cannot be read: names-parse.c reports ferror() as "I/O error".
+        raise VfiolabError(f"I/O error at {path}, line 0") from None
+    if data[:2] == b"\x1f\x8b":
+        try:
+            return gzip.decompress(data)
+        except (OSError, EOFError, zlib.error) as e:
+            raise VfiolabError(f"{e} at {path}, line 0") from None
+    return data
+
+
 def load_ids(path: str = DEFAULT_PCI_IDS) -> PciIds | None:
-    """The database at ``path`` (or ``path.gz``), parsed once; None if absent (lspci then shows numbers)."""
+    """The database at ``path``, parsed once; None if it cannot be opened (lspci then shows numbers).
+
+    Like pciutils' pci_open() with zlib (Debian's build): the file may be gzip-compressed whatever its
+    name, and a name ending in ``.gz`` that does not open is tried again without the suffix.
+    """
     if path in _CACHE:
         return _CACHE[path]
     db: PciIds | None = None
-    for cand, opener in ((path, open), (path + ".gz", gzip.open)):
-        if os.path.exists(cand):
-            with opener(cand, "rb") as f:
-                data = f.read()
+    for cand in (path, path[:-3]) if path.endswith(".gz") else (path,):
+        data = _read_ids(cand)
+        if data is not None:
             db = PciIds.parse(data.decode("utf-8", "surrogateescape"), cand)
             break
     _CACHE[path] = db

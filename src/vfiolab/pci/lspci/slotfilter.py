@@ -24,6 +24,10 @@ class SlotFilter:
                 and (self.slot < 0 or self.slot == dev) and (self.func < 0 or self.func == func))
 
 
+class _Bad(Exception):
+    """lspci's message for a bad expression; parse_slot() adds the expression."""
+
+
 def _field(text: str | None, limit: int, what: str) -> int:
     # parse_hex_field(): empty or "*" keeps the wildcard; any non-hex digit or a value over the limit fails.
     if text is None or text in ("", "*"):
@@ -31,20 +35,27 @@ def _field(text: str | None, limit: int, what: str) -> int:
     value = 0
     for c in text:
         if c not in "0123456789abcdefABCDEF":
-            raise VfiolabError(f"-s: Invalid {what} number")
+            raise _Bad(f"Invalid {what} number")
         value = value * 16 + int(c, 16)
         if value > limit:
-            raise VfiolabError(f"-s: Invalid {what} number")
+            raise _Bad(f"Invalid {what} number")
     return value
 
 
 def parse_slot(expr: str) -> SlotFilter:
-    """Parse a -s expression; errors read like lspci's ("-s: Invalid bus number")."""
-    if len(expr.encode()) >= _BUF_SIZE:
-        raise VfiolabError("-s: Expression too long")
+    """Parse a -s expression; errors read like lspci's ("-s '100:': Invalid bus number")."""
+    try:
+        return _parse(expr)
+    except _Bad as e:
+        raise VfiolabError(f"-s {expr!r}: {e}") from None
+
+
+def _parse(expr: str) -> SlotFilter:
+    if len(expr.encode("utf-8", "surrogateescape")) >= _BUF_SIZE:
+        raise _Bad("Expression too long")
     parts = expr.split(":")
     if len(parts) > 3:
-        raise VfiolabError("-s: Too many fields")
+        raise _Bad("Too many fields")
     domain = bus = -1
     if len(parts) == 3:
         domain = _field(parts[0], 0x7FFFFFFF, "domain")
@@ -55,7 +66,7 @@ def parse_slot(expr: str) -> SlotFilter:
     if last not in ("", "*"):
         sub = last.split(".")
         if len(sub) > 2:
-            raise VfiolabError("-s: Invalid slot/function number")
+            raise _Bad("Invalid slot/function number")
         slot = _field(sub[0], 0x1F, "slot")
         func = _field(sub[1] if len(sub) == 2 else None, 7, "function")
     return SlotFilter(domain, bus, slot, func)
