@@ -71,8 +71,40 @@ def test_cli_groups_from_sysfs(tmp_path: Path, capsys: pytest.CaptureFixture[str
     make_sysfs(tmp_path, qemu_real_peers())
     out = CliRunner().invoke(cli, ["groups", "--sysfs", str(tmp_path), "--json"])
     assert out.exit_code == 0, out.output
-    assert [g["devices"] for g in json.loads(out.output)["groups"]] == REAL_PEERS_GROUPS
+    assert [g["devices"] for g in json.loads(out.stdout)["groups"]] == REAL_PEERS_GROUPS
     bad = tmp_path / "bad"
     make_sysfs(bad, qemu_real_peers(), cut={"0000:00:1f.0": 64})
     assert main(["groups", "--sysfs", str(bad)]) == 1
     assert "0000:00:1f.0: " in capsys.readouterr().err
+
+
+def test_cli_groups_from_sysfs_says_what_it_computed(tmp_path: Path) -> None:
+    """Without IOMMU groups in sysfs the command says it shows what Linux would form with an IOMMU; with
+    them it checks the kernel's partition against its own."""
+    funcs = qemu_real_peers()
+    plain = tmp_path / "noiommu"
+    make_sysfs(plain, funcs)
+    out = CliRunner().invoke(cli, ["groups", "--sysfs", str(plain), "--json"])
+    assert out.exit_code == 0
+    assert out.stderr == (f"vfiolab: note: the running kernel has no IOMMU groups ({plain}/kernel/iommu_groups is "
+                          "empty: no IOMMU is enabled); these are the groups Linux 7.2 would form with one\n")
+    assert json.loads(out.stdout)["kernel"] == {"iommu_groups": 0, "functions_in_groups": 0, "matches": None}
+
+    kernel = {name: i for i, devs in enumerate(REAL_PEERS_GROUPS) for name in devs}
+    same = tmp_path / "same"
+    make_sysfs(same, funcs, groups=kernel)
+    out = CliRunner().invoke(cli, ["groups", "--sysfs", str(same), "--json"])
+    assert out.exit_code == 0 and out.stderr == ""
+    assert json.loads(out.stdout)["kernel"] == {"iommu_groups": len(REAL_PEERS_GROUPS),
+                                                "functions_in_groups": len(kernel), "matches": True}
+
+    merged = dict(kernel, **{"0000:07:00.2": kernel["0000:07:00.1"]})    # the kernel joins two VFs
+    del merged["0000:00:00.0"]
+    other = tmp_path / "other"
+    make_sysfs(other, funcs, groups=merged)
+    out = CliRunner().invoke(cli, ["groups", "--sysfs", str(other)])
+    assert out.exit_code == 0
+    assert out.stderr == ("vfiolab: warning: the kernel puts 0000:00:00.0 in no IOMMU group\n"
+                          f"vfiolab: warning: the kernel's group {kernel['0000:07:00.1']} holds 0000:07:00.1 "
+                          "0000:07:00.2; computed: 0000:07:00.1; 0000:07:00.2\n")
+    assert out.stdout.startswith("IOMMU group 0\n  0000:00:00.0 ")

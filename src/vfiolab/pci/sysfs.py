@@ -23,7 +23,7 @@ _LINKS = ("iommu_group", "physfn")
 def _resources(path: Path) -> list[tuple[int, int, int]] | None:
     """pci-sysfs.c resource_show(): one "0x%016llx 0x%016llx 0x%016llx" line per resource."""
     try:
-        text = path.read_text()
+        text = path.read_text(errors="surrogateescape")
     except FileNotFoundError:
         return None
     except OSError as e:
@@ -49,6 +49,8 @@ def _read_function(base: Path, name: str) -> DumpedFunction:
         cfg = cfg_path.read_bytes()
     except OSError as e:
         raise VfiolabError(f"{cfg_path}: {e.strerror}") from e
+    if len(cfg) > 4096:
+        raise VfiolabError(f"{name}: {cfg_path} returned {len(cfg)} bytes; config space has at most 4096")
     hdr = cfg[0x0E] & 0x7F if len(cfg) > 0x0E else 0
     if len(cfg) < 256:
         unpriv = len(cfg) == 64 or (len(cfg) == 128 and hdr == 2)
@@ -59,7 +61,7 @@ def _read_function(base: Path, name: str) -> DumpedFunction:
     attrs: dict[str, str] = {}
     for attr in _ATTRS:
         try:
-            attrs[attr] = (d / attr).read_text().strip()
+            attrs[attr] = (d / attr).read_text(errors="surrogateescape").strip()
         except FileNotFoundError:
             continue
         except OSError as e:
