@@ -24,7 +24,7 @@ demo: apt $(STAMP)
 	$(VENV)/bin/vfiolab demo
 
 test: rigs
-	$(PY) -m pytest -n 2 -q tests --ignore=tests/interop/kernel
+	$(PY) -m pytest -n 2 --dist loadfile -q tests --ignore=tests/interop/kernel
 
 # Linux 7.2 with IOMMUFD_TEST running its own iommufd selftests (docs/kernel-rig.md); 10+ min cold, so not in rigs.
 .PHONY: kernel-rig kernel-test

@@ -202,7 +202,9 @@ def drain(sock: socket.socket) -> None:
         pass
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# derandomize: the follow-up test asserts the fuzzer reached the handlers; a fixed example set keeps
+# that check stable run to run (the examples still cover every command family).
+@settings(max_examples=200, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 @given(target=st.sampled_from(["edu", "testdev"]), negotiate=st.sampled_from([True, True, True, False]),
        json_caps=st.sampled_from([b'{"capabilities": {}}', None, TWIN_JSON]),
        messages=st.lists(message(framing=False), min_size=8, max_size=40), last=message(), tail=st.binary(max_size=20))
