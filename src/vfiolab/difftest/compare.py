@@ -35,8 +35,13 @@ class Divergence:
 
     def __str__(self) -> str:
         return (f"{self.scenario}: call {self.index} {self.call}: {self.reason}\n"
-                f"  model:  {json.dumps(self.model, sort_keys=True)}\n"
-                f"  kernel: {json.dumps(self.kernel, sort_keys=True)}")
+                f"  model:  {_brief(self.model)}\n  kernel: {_brief(self.kernel)}")
+
+
+def _brief(rec: Mapping[str, Any] | None, limit: int = 160) -> str:
+    """A record as one line of JSON, long results cut (the JSON report keeps them whole)."""
+    text = json.dumps(rec, sort_keys=True)
+    return text if len(text) <= limit else text[:limit] + f"... ({len(text)} chars)"
 
 
 @dataclass
@@ -92,10 +97,23 @@ def _h(v: Any) -> str:
     return hex(v) if isinstance(v, int) else repr(v)
 
 
+def _bytes_reason(m: str, k: str) -> str:
+    """Where two hex byte strings first differ, briefly."""
+    a, b = bytes.fromhex(m), bytes.fromhex(k)
+    at = next((i for i in range(min(len(a), len(b))) if a[i] != b[i]), min(len(a), len(b)))
+    if len(a) != len(b) and at == min(len(a), len(b)):
+        return f"{len(a)} bytes vs {len(b)} bytes"
+    n = sum(x != y for x, y in zip(a, b))
+    return (f"bytes differ from offset {at:#x} ({n} of {len(a)} bytes): model {a[at:at + 8].hex()}.. "
+            f"kernel {b[at:at + 8].hex()}..")
+
+
 def _compare_ret(m: Any, k: Any, kinds: Mapping[str, str], pairing: _Pairing) -> str | None:
     """None when the results agree (symbolic parts paired), else the reason."""
     if "" in kinds:
         return pairing.pair(kinds[""], m, k)
+    if isinstance(m, Mapping) and isinstance(k, Mapping) and "hex" in m and "hex" in k:
+        return None if m == k else _bytes_reason(str(m["hex"]), str(k["hex"]))
     if isinstance(m, Mapping) and isinstance(k, Mapping) and "hex" not in m:
         if set(m) != set(k):
             return f"result fields differ: {sorted(m)} vs {sorted(k)}"

@@ -324,8 +324,8 @@ class Generator:
                             type=uapi.IOMMU_VEVENTQ_TYPE_SELFTEST if self.chance(0.9) else 0,
                             veventq_depth=self.rng.choice([1, 2, 4, 0, (1 << 19) + 1]))
         if ok:
-            self.p.veventqs.append((f"{ref}[0]", f"{ref}[1]"))
-            self.p.ids.append(f"{ref}[0]")
+            self.p.veventqs.append((f"{ref}.0", f"{ref}.1"))
+            self.p.ids.append(f"{ref}.0")
 
     def new_fault(self) -> None:
         ref, ok = self.emit("fault_queue_alloc", flags=0 if self.chance(0.95) else 1)

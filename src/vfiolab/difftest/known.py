@@ -84,6 +84,16 @@ KNOWN: tuple[Known, ...] = (
           "first and stores nothing",
           lambda s, d, m, k: d.model is not None and d.model.get("op") == "read"
           and d.model.get("errno") == "ok" and _earlier_efault("test.access_rw", m, k, d.index)),
+    Known("struct-to-user-truncates",
+          "driver data written back into a user struct shorter than the kernel's (IOMMU_VIOMMU_ALLOC of the "
+          "selftest vIOMMU with data_len 8 of 24)",
+          "include/linux/uaccess.h copy_struct_to_user() with ignored_trailing NULL copies min(usize, ksize) "
+          "bytes and succeeds (include/linux/iommu.h __iommu_copy_struct_to_user)",
+          "iommufd/userdata.py copy_user_data_to_user() fails with E2BIG when the bytes that do not fit are "
+          "not zero",
+          lambda s, d, m, k: d.model is not None and d.model.get("errno") == "E2BIG"
+          and "too short for the data" in str(d.model.get("msg"))
+          and d.kernel is not None and d.kernel.get("errno") == "ok"),
     Known("nested-no-dirty-attach",
           "attaching a MOCK_FLAGS_DEVICE_NO_DIRTY device to a nested HWPT whose parent tracks dirty pages",
           "selftest.c mock_domain_nop_attach() tests the domain's own dirty_ops, NULL for a nested domain",
