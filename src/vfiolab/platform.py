@@ -41,15 +41,16 @@ below is enabled); VFs only with ``vf_driver: true``.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import importlib.resources
+import inspect
 import os
 import re
-from collections.abc import Callable, Sequence
+import typing
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
-
-import yaml
 
 from vfiolab.errors import VfiolabError
 from vfiolab.pci import regs
@@ -73,8 +74,10 @@ from vfiolab.pci.function import (
     PciFunction,
     RcIntegratedEndpoint,
 )
+from vfiolab.pci.pcidev import PciDev
 from vfiolab.pci.sriov_vf import VfSpec, install_sriov
 from vfiolab.pci.topology import Aperture, Bus, Topology
+from vfiolab.yamlfile import load_yaml, parse_yaml
 
 # name -> (module, class, extended) for capabilities given by name in a description
 CAPS: Final[dict[str, tuple[str, str, bool]]] = {
@@ -188,6 +191,52 @@ def _size(v: object, at: _At) -> int:
     return _int(v, at)
 
 
+def _str(v: object, at: _At) -> str:
+    if not isinstance(v, str):
+        raise at.error(f"expected a string, got {v!r}")
+    return v
+
+
+def _hint_ok(hint: object, v: object) -> bool:
+    """Whether ``v`` can be what a constructor annotation asks for (only the simple kinds are checked)."""
+    args = typing.get_args(hint)
+    if args and type(None) in args:
+        return v is None or all(_hint_ok(a, v) for a in args if a is not type(None))
+    if hint is bool:
+        return isinstance(v, bool)
+    if hint is int:
+        return isinstance(v, int) and not isinstance(v, bool)
+    if hint is float:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+    if hint is str:
+        return isinstance(v, str)
+    return True
+
+
+def _check_params(target: Callable[..., object], kwargs: dict[str, Any], at: _At, what: str,
+                  fixed: tuple[str, ...] = ()) -> None:
+    """The keyword arguments a description gives a constructor: known names and, where its annotations
+    say int, bool, float or str, a value of that kind; so a typo is named at its YAML path instead of
+    failing as a TypeError (or worse, as arithmetic on a string) inside the constructor."""
+    try:
+        sig = inspect.signature(target)
+    except (TypeError, ValueError):
+        return
+    try:
+        hints = typing.get_type_hints(target if dataclasses.is_dataclass(target) else target.__init__)
+    except (TypeError, NameError, AttributeError):
+        hints = {}
+    params = [n for n, p in sig.parameters.items()
+              if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and n not in fixed and not n.startswith("_")]
+    var_kw = any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())
+    for k, v in kwargs.items():
+        if k not in params and not var_kw:
+            raise at[k].error(f"unknown {what} parameter (known: {', '.join(params)})")
+        if not _hint_ok(hints.get(k), v):
+            kind = getattr(hints.get(k), "__name__", None) or str(hints.get(k))
+            raise at[k].error(f"expected {kind}, got {v!r}")
+
+
 def _bool(v: object, at: _At) -> bool:
     if not isinstance(v, bool):
         raise at.error(f"expected true or false, got {v!r}")
@@ -267,11 +316,12 @@ def _caps(v: object, at: _At, extended: bool) -> list[CapSpec]:
             kwargs = _cap_kwargs(_mapping(raw if raw is not None else {}, a[name]), a[name])
         else:
             raise a.error("a capability is a name or a one-key mapping {name: {parameters}}")
-        _, ext = _cap_class(str(name), a)
+        cls, ext = _cap_class(str(name), a)
+        _check_params(cls, kwargs, a[str(name)], str(name))
         if ext != extended:
             where = "ext_caps" if ext else "caps"
             raise a.error(f"{name} is {'an extended' if ext else 'a standard'} capability: list it under {where}")
-        out.append(CapSpec(str(name), kwargs, a))
+        out.append(CapSpec(str(name), kwargs, a[str(name)] if isinstance(item, dict) else a))
     return out
 
 
@@ -381,11 +431,22 @@ def _parse_sriov(v: object, at: _At) -> SriovSpec:
         if key in d:
             kwargs[key] = _bool(d[key], at[key])
     vf_express = d.get("vf_express")
+    if vf_express is not None:
+        _check_express(_mapping(vf_express, at["vf_express"]), at["vf_express"])
     return SriovSpec(kwargs, num, _int(d["vf_class"], at["vf_class"], 0, 0xFFFFFF) if "vf_class" in d else None,
                      _caps(d.get("vf_caps", []), at["vf_caps"], False),
                      _caps(d.get("vf_ext_caps", []), at["vf_ext_caps"], True),
                      _mapping(vf_express, at["vf_express"]) if vf_express is not None else None,
                      _bool(d.get("vf_driver", False), at["vf_driver"]))
+
+
+def _check_express(ex: dict[str, Any], at: _At) -> None:
+    """ExpressCap keyword arguments (the port type comes from the kind), ``slot`` as SlotCaps ones."""
+    from vfiolab.pci.caps.express import ExpressCap, SlotCaps
+
+    _check_params(ExpressCap, ex, at, "express", fixed=("port_type",))
+    if isinstance(ex.get("slot"), dict):
+        _check_params(SlotCaps, ex["slot"], at["slot"], "express slot")
 
 
 def _parse_function(v: object, at: _At, kind_default: str | None = None) -> FunctionSpec:
@@ -395,7 +456,7 @@ def _parse_function(v: object, at: _At, kind_default: str | None = None) -> Func
         raise at["kind"].error(f"{kind!r} is not one of {', '.join(KINDS)}")
     if kind == "switch":
         _check_keys(d, {"kind", "slot", "devfn", "name", "upstream", "ports"}, at)
-        spec = FunctionSpec("switch", _devfn(d, at), at, name=str(d.get("name", "")))
+        spec = FunctionSpec("switch", _devfn(d, at), at, name=_str(d.get("name", ""), at["name"]))
         up = dict(_mapping(d.get("upstream", {}), at["upstream"]))
         if "slot" in up or "devfn" in up:
             raise at["upstream"].error("the upstream port sits at the switch's slot; do not give its own")
@@ -407,13 +468,14 @@ def _parse_function(v: object, at: _At, kind_default: str | None = None) -> Func
             raise at.error("a switch needs ports (its downstream ports)")
         spec.ports = [_parse_function(p, at["ports"][i], "downstream_port")
                       for i, p in enumerate(_list(d["ports"], at["ports"]))]
+        _check_slots(spec.ports, at["ports"])
         for i, p in enumerate(spec.ports):
             if p.kind != "downstream_port":
                 raise at["ports"][i]["kind"].error("a switch port has kind downstream_port")
         return spec
     is_bridge = kind in BRIDGE_KINDS
     _check_keys(d, _COMMON_KEYS | (_BRIDGE_KEYS if is_bridge else frozenset()), at)
-    spec = FunctionSpec(kind, _devfn(d, at), at, name=str(d.get("name", "")))
+    spec = FunctionSpec(kind, _devfn(d, at), at, name=_str(d.get("name", ""), at["name"]))
     for key in ("vendor", "device"):
         if key not in d:
             raise at.error(f"missing {key} (a PCI ID from pci.ids)")
@@ -446,12 +508,14 @@ def _parse_function(v: object, at: _At, kind_default: str | None = None) -> Func
     spec.ext_caps = _caps(d.get("ext_caps", []), at["ext_caps"], True)
     if "express" in d:
         spec.express = dict(_mapping(d["express"], at["express"]))
+        _check_express(spec.express, at["express"])
     if "acs" in d:
         acs = d["acs"]
         if isinstance(acs, bool):
             spec.acs = ({"cap": _ACS_PORT if kind in _PORTS else _ACS_FUNCTION} if acs else None)
         else:
             spec.acs = dict(_mapping(acs, at["acs"]))
+            _check_params(_cap_class("acs", at["acs"])[0], spec.acs, at["acs"], "acs")
     spec.ari = _bool(d.get("ari", False), at["ari"])
     if "sriov" in d:
         spec.sriov = _parse_sriov(d["sriov"], at["sriov"])
@@ -487,12 +551,18 @@ def _ari_child(devices: list[FunctionSpec]) -> bool:
 
 def _parse_devices(v: object, at: _At) -> list[FunctionSpec]:
     specs = [_parse_function(item, at[i]) for i, item in enumerate(_list(v, at))]
+    _check_slots(specs, at)
+    return specs
+
+
+def _check_slots(specs: list[FunctionSpec], at: _At) -> None:
+    """One function per devfn on a bus."""
     seen: dict[int, int] = {}
+    key = at.path.rpartition(".")[2] or "devices"
     for i, s in enumerate(specs):
         if s.devfn in seen:
-            raise at[i].error(f"slot {s.devfn >> 3:02x}.{s.devfn & 7:x} already used by devices[{seen[s.devfn]}]")
+            raise at[i].error(f"slot {s.devfn >> 3:02x}.{s.devfn & 7:x} already used by {key}[{seen[s.devfn]}]")
         seen[s.devfn] = i
-    return specs
 
 
 def _parse_apertures(v: object, at: _At) -> list[Aperture]:
@@ -512,6 +582,54 @@ def _parse_apertures(v: object, at: _At) -> list[Aperture]:
                 raise
             raise a.error(str(e)) from None
     return out
+
+
+def _bridge_order(specs: list[FunctionSpec]) -> Iterator[FunctionSpec]:
+    """Bridges in the order Linux numbers their buses: depth first, each bus's bridges by devfn
+    (probe.c pci_scan_child_bus_extend(), pass 1 of pci_scan_bridge_extend())."""
+    for s in sorted(specs, key=lambda s: s.devfn):
+        if s.kind == "switch":
+            assert s.upstream is not None
+            yield s.upstream
+            yield from _bridge_order(s.ports)
+        elif s.kind in BRIDGE_KINDS:
+            yield s
+            yield from _bridge_order(s.devices)
+
+
+def _check_bus_numbers(h: HostBridgeSpec, at: _At) -> None:
+    """Every bridge needs a bus number of its own within the host bridge's range (more than 256 buses
+    cannot be): Linux gives the k-th bridge of the depth-first order at least bus start + k."""
+    for k, b in enumerate(_bridge_order(h.devices), 1):
+        if h.bus_start + k > h.bus_end:
+            raise b.at.error(f"no bus number left for the bus behind this bridge: it is bridge number {k} in "
+                             f"Linux's depth-first numbering, and {at.path} has buses "
+                             f"{h.bus_start:02x}-{h.bus_end:02x} (root bus included)")
+
+
+def _described(specs: list[FunctionSpec]) -> Iterator[tuple[FunctionSpec, list[FunctionSpec]]]:
+    """Every function of a description with the functions on the same bus."""
+    for s in specs:
+        if s.kind == "switch":
+            assert s.upstream is not None
+            yield s.upstream, specs
+            yield from _described(s.ports)
+            for p in s.ports:
+                yield from _described(p.devices)
+        else:
+            yield s, specs
+            yield from _described(s.devices)
+
+
+def _why_not_found(s: FunctionSpec, siblings: list[FunctionSpec]) -> str:
+    """Why Linux's scan would not see a described function (probe.c pci_scan_slot / next_fn)."""
+    if s.devfn & 7 and not any(o.ari for o in siblings):
+        fn0 = next((o for o in siblings if o.devfn == s.devfn & ~7), None)
+        if fn0 is None:
+            return "its slot has no function 0, and Linux scans a slot only when function 0 answers"
+        if fn0.multifunction is False:
+            return "function 0 of its slot is not multi-function, so Linux looks no further"
+    return "Linux's enumeration does not reach it"
 
 
 # ---------------------------------------------------------------------------- building the hardware
@@ -661,21 +779,11 @@ class Platform:
     def load(cls, path: str | os.PathLike[str] | None = None) -> Platform:
         """Read a description from ``path``, or the built-in default when None."""
         if path is None:
-            text = importlib.resources.files("vfiolab").joinpath("platforms/default.yaml").read_text()
             source = "platforms/default.yaml"
+            text = importlib.resources.files("vfiolab").joinpath(source).read_text()
+            data = parse_yaml(text, source)
         else:
-            source = os.fspath(path)
-            try:
-                with open(source, encoding="utf-8") as f:
-                    text = f.read()
-            except OSError as e:
-                raise VfiolabError(f"{source}: cannot read platform description: {e.strerror}") from None
-        try:
-            data = yaml.safe_load(text)
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            where = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
-            raise VfiolabError(f"{source}{where}: not valid YAML: {getattr(e, 'problem', e)}") from None
+            data, source = load_yaml(path, "platform description")
         return cls.from_dict(data, source)
 
     @classmethod
@@ -701,8 +809,10 @@ class Platform:
             hbs.append(HostBridgeSpec(_int(h.get("segment", 0), a["segment"], 0, 0xFFFF), start, end,
                                       _parse_apertures(h.get("apertures", []), a["apertures"]),
                                       _parse_devices(h.get("devices", []), a["devices"])))
+        for i, hb in enumerate(hbs):
+            _check_bus_numbers(hb, top[key][i])
         realloc = d.get("realloc")
-        return cls(name=str(d.get("name", "")), iommu=_bool(d.get("iommu", False), top["iommu"]),
+        return cls(name=_str(d.get("name", ""), top["name"]), iommu=_bool(d.get("iommu", False), top["iommu"]),
                    host_bridges=hbs, realloc=None if realloc is None else _bool(realloc, top["realloc"]),
                    pci_mem_start=_int(d.get("pci_mem_start", 0), top["pci_mem_start"]), source=source)
 
@@ -779,10 +889,33 @@ class Machine:
         """Every function's config bytes in Linux probe order (VFs enabled after boot last)."""
         return self.enumeration.dumps()
 
+    def check(self) -> None:
+        """Refuse a machine that did not come up as described: a function Linux's scan did not find, or a
+        BAR it left without an address (setup-bus.c: "can't assign; no space", the device comes up
+        without it).  Raises VfiolabError naming the YAML path."""
+        seen: dict[int, PciDev] = {}
+        for dev in self.enumeration.devices:
+            s = self.spec(dev.seg, dev.bus.number, dev.devfn)
+            if s is not None:
+                seen[id(s)] = dev
+        for h in self.platform.host_bridges:
+            for s, siblings in _described(h.devices):
+                found = seen.get(id(s))
+                if found is None:
+                    raise s.at.error(f"not found when Linux enumerates the machine: {_why_not_found(s, siblings)}")
+                for i, bar in enumerate(s.bars):
+                    if found.resources[bar.index].parent is None:
+                        raise s.at["bars"][i].error(
+                            f"{found.name} BAR {bar.index} ({bar.kind}, {bar.size:#x} bytes) got no address: the "
+                            "windows above it have no room (Linux: \"can't assign; no space\")")
+
 
 def snapshot(path: str | None = None) -> list[DumpedFunction]:
-    """Build the platform in ``path`` (or the built-in default), enumerate it like Linux, return its dumps."""
-    return Platform.load(path).boot().snapshot()
+    """Build the platform in ``path`` (or the built-in default), enumerate it like Linux, check it came up
+    as described (Machine.check) and return its dumps."""
+    machine = Platform.load(path).boot()
+    machine.check()
+    return machine.snapshot()
 
 
 # ---------------------------------------------------------------------------- synthetic fabrics

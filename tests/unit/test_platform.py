@@ -117,7 +117,7 @@ ROOT = """host_bridges:
     ("      - {kind: endpoint, slot: '00.0', vendor: 1, device: 1, class: 0, caps: [aer]}",
      r"devices\[0\]\.caps\[0\]: aer is an extended capability: list it under ext_caps"),
     ("      - {kind: endpoint, slot: '00.0', vendor: 1, device: 1, class: 0, caps: [{msi: {vectors: 3}}]}",
-     r"devices\[0\]\.caps\[0\]: bad parameters for msi"),
+     r"devices\[0\]\.caps\[0\]\.msi: bad parameters for msi"),
     ("      - {kind: endpoint, slot: '00.0', vendor: 1, device: 1, class: 0, hotplug: true}",
      r"devices\[0\]\.hotplug: unknown key"),
     (("      - {kind: endpoint, slot: '00.0', vendor: 1, device: 1, class: 0}\n"
@@ -168,3 +168,71 @@ def test_generated_fabric_has_at_least_n_functions(n: int) -> None:
     assert n <= len(funcs) < n + 20          # at most one more leaf than asked
     with pytest.raises(VfiolabError):
         generate_fabric(0)
+
+
+EP = "{kind: endpoint, slot: '00.0', vendor: 1, device: 1, class: 0}"
+
+
+def _chain(n: int) -> str:
+    """n PCI-to-PCI bridges nested one in the other, a conventional device at the bottom."""
+    inner = "{kind: pci, slot: '01.0', vendor: 1, device: 1, class: 0}"
+    for _ in range(n):
+        inner = f"{{kind: pci_bridge, slot: '01.0', vendor: 1, device: 1, devices: [{inner}]}}"
+    return f"      - {inner}"
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("name: a\nname: b\nhost_bridges: []\n", r"p\.yaml:2:1: not valid YAML: key 'name' given twice \(first on line 1\)"),
+    ("name: [1]\nhost_bridges: []\n", r"p\.yaml: name: expected a string, got \[1\]"),
+    ("name: \xff\n", r"p\.yaml:1: not valid YAML: byte 0xff is not UTF-8"),  # written as latin-1 below
+    (ROOT + "      - {kind: endpoint, slot: '00.0', vendor: 1, device: 1, class: 0, caps: [{msi: {vector: 4}}]}\n",
+     r"devices\[0\]\.caps\[0\]\.msi\.vector: unknown msi parameter \(known: vectors, addr64, per_vector_mask\)"),
+    (ROOT + "      - {kind: root_port, slot: '01.0', vendor: 1, device: 1, acs: {cap: x}}\n",
+     r"devices\[0\]\.acs\.cap: expected int, got 'x'"),
+    (ROOT + "      - {kind: endpoint, slot: '00.0', vendor: 1, device: 1, class: 0, express: {flr: 1}}\n",
+     r"devices\[0\]\.express\.flr: expected bool, got 1"),
+    (ROOT + "      - {kind: root_port, slot: '01.0', vendor: 1, device: 1, express: {slot: {numbr: 3}}}\n",
+     r"devices\[0\]\.express\.slot\.numbr: unknown express slot parameter"),
+    (ROOT + "      - {kind: root_port, slot: '01.0', vendor: 1, device: 1, devices: [{kind: switch, slot: '00.0', "
+     "upstream: {vendor: 1, device: 2}, ports: [{slot: '00.0', vendor: 1, device: 3}, "
+     "{slot: '00.0', vendor: 1, device: 3}]}]}\n",
+     r"devices\[0\]\.devices\[0\]\.ports\[1\]: slot 00\.0 already used by ports\[0\]"),
+    (ROOT.replace("  - apertures", "  - buses: [0, 0]\n    apertures")
+     + f"      - {{kind: root_port, slot: '01.0', vendor: 1, device: 1, devices: [{EP}]}}\n",
+     (r"host_bridges\[0\]\.devices\[0\]: no bus number left for the bus behind this bridge: it is bridge number 1 "
+      r"in Linux's depth-first numbering, and host_bridges\[0\] has buses 00-00")),
+    (ROOT + _chain(256) + "\n", r"\.devices\[0\]: no bus number left .* bridge number 256 .* buses 00-ff"),
+])
+def test_more_description_errors(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "p.yaml"
+    path.write_bytes(text.encode("latin-1" if "\xff" in text else "utf-8"))
+    import sys
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), 20000))     # as the CLI does, for the 256-deep chain
+    with pytest.raises(VfiolabError, match=message):
+        Platform.load(path)
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    (("      - {kind: endpoint, slot: '00.0', vendor: 1, device: 1, class: 0, "
+      "bars: [{index: 0, type: mem32, size: 1G}]}"),
+     r"host_bridges\[0\]\.devices\[0\]\.bars\[0\]: 0000:00:00\.0 BAR 0 \(mem32, 0x40000000 bytes\) got no address"),
+    ("      - {kind: pci, slot: '01.1', vendor: 1, device: 1, class: 0}",
+     r"devices\[0\]: not found when Linux enumerates the machine: its slot has no function 0"),
+    (("      - {kind: pci, slot: '01.0', vendor: 1, device: 1, class: 0, multifunction: false}\n"
+      "      - {kind: pci, slot: '01.1', vendor: 1, device: 1, class: 0}"),
+     r"devices\[1\]: not found .*: function 0 of its slot is not multi-function"),
+])
+def test_a_machine_that_does_not_come_up_as_described_is_an_error(tmp_path: Path, body: str, message: str) -> None:
+    path = write(tmp_path, ROOT + body + "\n")
+    Platform.load(path).boot()              # Linux boots it; the description asked for more
+    with pytest.raises(VfiolabError, match=message):
+        snapshot(path)
+
+
+def test_the_longest_bridge_chain_fits(tmp_path: Path) -> None:
+    """254 nested bridges use buses 01-fe: Linux and we enumerate all of them."""
+    import sys
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), 20000))
+    path = write(tmp_path, ROOT + _chain(254) + "\n")
+    funcs = snapshot(path)
+    assert len(funcs) == 255 and funcs[-1].bus == 0xFE

@@ -71,7 +71,8 @@ def test_scenario_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     (["run", "-s", "trackers=cpu"], "live-migration: parameter trackers: 'cpu' is not one of both, iommu, dma-log"),
     (["run", "-s", "ram_mib"], "--set 'ram_mib': expected KEY=VALUE"),
     (["run", "-s", "=3"], "--set '=3': expected KEY=VALUE"),
-    (["run", "missing.yaml"], "missing.yaml: No such file or directory"),
+    (["run", "missing.yaml"], "missing.yaml: cannot read scenario file: No such file or directory"),
+    (["run", ""], "empty scenario name; built-in: live-migration"),
 ])
 def test_bad_arguments(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(argv) == 1
@@ -87,6 +88,8 @@ def test_bad_arguments(argv: list[str], message: str, capsys: pytest.CaptureFixt
     ("scenario: live-migration\nparams: [1]\n", "'params' must be a mapping"),
     ("scenario: live-migration\nparams: {ram_mib: true}\n", "parameter ram_mib: True is not an integer"),
     ("scenario: [live\n", "not valid YAML"),
+    ("scenario: live-migration\nscenario: x\n", "bad.yaml:2:1: not valid YAML: key 'scenario' given twice"),
+    ("scenario: live-migration\nparams: {seed: 1, seed: 2}\n", "key 'seed' given twice (first on line 2)"),
 ])
 def test_bad_scenario_files(tmp_path: Path, text: str, message: str, capsys: pytest.CaptureFixture[str]) -> None:
     f = tmp_path / "bad.yaml"

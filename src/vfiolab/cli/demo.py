@@ -8,8 +8,7 @@ import click
 
 
 @click.command("demo")
-@click.option("--platform", "platform_file", type=click.Path(exists=True, dir_okay=False),
-              help="Platform YAML to use instead of the built-in default.")
+@click.option("--platform", "platform_file", metavar="FILE", help="Platform YAML to use instead of the built-in default.")
 def demo(platform_file: str | None) -> None:
     """Build a platform, enumerate it like Linux, print its tree and IOMMU groups with reasons."""
     from vfiolab.pci.groups import compute_groups

@@ -21,9 +21,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-import yaml
-
 from vfiolab.errors import VfiolabError
+from vfiolab.yamlfile import load_yaml
 
 Log = Callable[[str], None]
 """Where a scenario reports progress, one line at a time."""
@@ -124,13 +123,7 @@ def get(name: str) -> Scenario:
 
 def load_file(path: str | os.PathLike[str]) -> tuple[Scenario, dict[str, object]]:
     """A scenario file: the scenario it names and the parameters it sets."""
-    try:
-        with open(path, encoding="utf-8") as f:
-            doc = yaml.safe_load(f)
-    except OSError as e:
-        raise VfiolabError(f"{path}: {e.strerror}") from None
-    except yaml.YAMLError as e:
-        raise VfiolabError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
+    doc, path = load_yaml(path, "scenario file")
     if not isinstance(doc, dict):
         raise VfiolabError(f"{path}: a scenario file is a mapping with 'scenario' and 'params'")
     extra = set(doc) - {"scenario", "params"}
@@ -142,7 +135,12 @@ def load_file(path: str | os.PathLike[str]) -> tuple[Scenario, dict[str, object]
     params = doc.get("params") or {}
     if not isinstance(params, dict) or not all(isinstance(k, str) for k in params):
         raise VfiolabError(f"{path}: 'params' must be a mapping of parameter names to values")
-    return get(name), params
+    try:
+        scenario = get(name)
+        scenario.resolve(params)
+    except VfiolabError as e:
+        raise VfiolabError(f"{path}: {e}") from None
+    return scenario, params
 
 
 def parse_assignments(items: Sequence[str]) -> dict[str, str]:
@@ -159,7 +157,10 @@ def parse_assignments(items: Sequence[str]) -> dict[str, str]:
 def select(target: str | None, overrides: Mapping[str, object]) -> tuple[Scenario, dict[str, Any]]:
     """The scenario ``target`` names (a built-in name, or a ``.yaml``/``.yml`` file), with its parameters
     resolved: the file's, then ``overrides``."""
-    target = target or DEFAULT
+    if target is None:
+        target = DEFAULT
+    elif not target.strip():
+        raise VfiolabError("empty scenario name; built-in: " + ", ".join(BUILTIN))
     if target.endswith((".yaml", ".yml")) or os.sep in target:
         scenario, values = load_file(target)
     else:
