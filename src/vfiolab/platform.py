@@ -75,6 +75,7 @@ from vfiolab.pci.function import (
     RcIntegratedEndpoint,
 )
 from vfiolab.pci.pcidev import PciDev
+from vfiolab.pci.resources import resources_assignable
 from vfiolab.pci.sriov_vf import VfSpec, install_sriov
 from vfiolab.pci.topology import Aperture, Bus, Topology
 from vfiolab.yamlfile import load_yaml, parse_yaml
@@ -142,6 +143,12 @@ class _At:
         return VfiolabError(f"{self.source}: {self.path or '<top>'}: {msg}")
 
 
+def _show(v: object, limit: int = 60) -> str:
+    """A value for an error line: its repr, cut short when long (a whole sub-tree given as a scalar)."""
+    text = repr(v)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 def _mapping(v: object, at: _At) -> dict[str, Any]:
     if not isinstance(v, dict):
         raise at.error(f"expected a mapping, got {type(v).__name__}")
@@ -165,12 +172,12 @@ def _check_keys(d: dict[str, Any], allowed: frozenset[str] | set[str], at: _At) 
 
 def _int(v: object, at: _At, lo: int = 0, hi: int | None = None) -> int:
     if isinstance(v, bool):
-        raise at.error(f"expected an integer, got {v!r}")
+        raise at.error(f"expected an integer, got {_show(v)}")
     if isinstance(v, str):
         try:
             v = int(v.replace("_", ""), 0)
         except ValueError:
-            raise at.error(f"{v!r} is not an integer") from None
+            raise at.error(f"{_show(v)} is not an integer") from None
     if not isinstance(v, int):
         raise at.error(f"expected an integer, got {type(v).__name__}")
     if v < lo or (hi is not None and v > hi):
@@ -178,6 +185,7 @@ def _int(v: object, at: _At, lo: int = 0, hi: int | None = None) -> int:
     return v
 
 
+_REPR_PREFIX: Final = re.compile(r"^<[^>]*>:\s*")
 _SIZE_RE: Final = re.compile(r"^\s*(0x[0-9a-f]+|[0-9]+)\s*([kmgt]?)(?:i?b)?\s*$", re.IGNORECASE)
 
 
@@ -186,14 +194,14 @@ def _size(v: object, at: _At) -> int:
     if isinstance(v, str):
         m = _SIZE_RE.match(v)
         if m is None:
-            raise at.error(f"{v!r} is not a size (e.g. 4096, '16K', '2M', '1G')")
+            raise at.error(f"{_show(v)} is not a size (e.g. 4096, '16K', '2M', '1G')")
         return int(m.group(1), 0) * _SIZE_SUFFIX[m.group(2).lower()]
     return _int(v, at)
 
 
 def _str(v: object, at: _At) -> str:
     if not isinstance(v, str):
-        raise at.error(f"expected a string, got {v!r}")
+        raise at.error(f"expected a string, got {_show(v)}")
     return v
 
 
@@ -229,17 +237,20 @@ def _check_params(target: Callable[..., object], kwargs: dict[str, Any], at: _At
     params = [n for n, p in sig.parameters.items()
               if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and n not in fixed and not n.startswith("_")]
     var_kw = any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())
+    missing = [n for n in params if sig.parameters[n].default is inspect.Parameter.empty and n not in kwargs]
+    if missing:
+        raise at.error(f"{what} needs {', '.join(missing)} (give it as {{{what}: {{{missing[0]}: ...}}}})")
     for k, v in kwargs.items():
         if k not in params and not var_kw:
             raise at[k].error(f"unknown {what} parameter (known: {', '.join(params)})")
         if not _hint_ok(hints.get(k), v):
             kind = getattr(hints.get(k), "__name__", None) or str(hints.get(k))
-            raise at[k].error(f"expected {kind}, got {v!r}")
+            raise at[k].error(f"expected {kind}, got {_show(v)}")
 
 
 def _bool(v: object, at: _At) -> bool:
     if not isinstance(v, bool):
-        raise at.error(f"expected true or false, got {v!r}")
+        raise at.error(f"expected true or false, got {_show(v)}")
     return v
 
 
@@ -254,14 +265,14 @@ def _devfn(d: dict[str, Any], at: _At) -> int:
     v = d["slot"]
     text = f"{v}" if isinstance(v, float) else v
     if not isinstance(text, str) or text.count(".") != 1:
-        raise at["slot"].error(f"{v!r} is not a slot \"dd.f\" (quote it in YAML)")
+        raise at["slot"].error(f"{_show(v)} is not a slot \"dd.f\" (quote it in YAML)")
     dev_s, fn_s = text.split(".")
     try:
         dev, fn = int(dev_s, 16), int(fn_s, 16)
     except ValueError:
-        raise at["slot"].error(f"{v!r} is not a slot \"dd.f\" (hex device, function 0-7)") from None
+        raise at["slot"].error(f"{_show(v)} is not a slot \"dd.f\" (hex device, function 0-7)") from None
     if not 0 <= dev <= 0x1F or not 0 <= fn <= 7:
-        raise at["slot"].error(f"{v!r}: device must be 00-1f and function 0-7 (use devfn for ARI functions)")
+        raise at["slot"].error(f"{_show(v)}: device must be 00-1f and function 0-7 (use devfn for ARI functions)")
     return regs.devfn(dev, fn)
 
 
@@ -453,7 +464,7 @@ def _parse_function(v: object, at: _At, kind_default: str | None = None) -> Func
     d = _mapping(v, at)
     kind = d.get("kind", kind_default)
     if kind not in KINDS:
-        raise at["kind"].error(f"{kind!r} is not one of {', '.join(KINDS)}")
+        raise at["kind"].error(f"{_show(kind)} is not one of {', '.join(KINDS)}")
     if kind == "switch":
         _check_keys(d, {"kind", "slot", "devfn", "name", "upstream", "ports"}, at)
         spec = FunctionSpec("switch", _devfn(d, at), at, name=_str(d.get("name", ""), at["name"]))
@@ -664,7 +675,8 @@ class _Builder:
         try:
             bus.attach(s.devfn, fn)
         except VfiolabError as e:
-            raise s.at.error(str(e)) from None
+            # The topology names the function by its repr ("<RootPort  8086:2030>: ..."); the path says more.
+            raise s.at.error(f"a {s.kind}: {_REPR_PREFIX.sub('', str(e))}") from None
         self.spec_of[id(fn)] = s
         if s.sriov is not None:
             install_sriov(fn, self._vf_spec(s))
@@ -903,7 +915,8 @@ class Machine:
                 found = seen.get(id(s))
                 if found is None:
                     raise s.at.error(f"not found when Linux enumerates the machine: {_why_not_found(s, siblings)}")
-                for i, bar in enumerate(s.bars):
+                # setup-bus.c pdev_sort_resources(): host bridges and classless devices are left alone.
+                for i, bar in enumerate(s.bars if resources_assignable(found) else ()):
                     if found.resources[bar.index].parent is None:
                         raise s.at["bars"][i].error(
                             f"{found.name} BAR {bar.index} ({bar.kind}, {bar.size:#x} bytes) got no address: the "

@@ -55,6 +55,10 @@ def parse_yaml(text: str, source: str) -> object:
     """One YAML document from ``text``; errors are ``source:line:column: not valid YAML: problem``."""
     try:
         return yaml.load(text, Loader=_StrictLoader)  # a SafeLoader: no arbitrary objects
+    except yaml.reader.ReaderError as e:        # a character YAML does not allow (NUL, most controls)
+        line = text.count("\n", 0, e.position) + 1
+        char = e.character if isinstance(e.character, str) else chr(e.character)
+        raise VfiolabError(f"{source}:{line}: not valid YAML: character U+{ord(char):04X} is not allowed") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""

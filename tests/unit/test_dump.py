@@ -144,7 +144,7 @@ def test_functions_past_7_and_devices_past_1f_only_for_lspci() -> None:
 
 
 @pytest.mark.parametrize(("line", "why"), [
-    ("123456:00:01.0 x", "domain 123456 has 6 hex digits; pciutils 3.9 reads at most 5"),
+    ("123456:00:01.0 x", "domain 123456 has 6 hex digits, pciutils 3.9 reads at most 5"),
     ("00:01.a x", "function 'a' is not one decimal digit"),
     ("00:01.10 x", "function '10' is not one decimal digit"),
     ("0:01.0 x", "not a [[d]dddd:]bb:dd.f address"),
@@ -159,6 +159,8 @@ def test_addresses_lspci_would_skip_are_errors(line: str, why: str) -> None:
     assert status == 0 and out == "00:02.0 0200: 8086:9999\n"
     with pytest.raises(DumpError, match=rf"t\.dump:3: {line.split()[0]}: " + why.replace("[", r"\[").replace(
             "]", r"\]").replace(".", r"\.")):
+        parse_dump(data.decode(), "t.dump")
+    with pytest.raises(DumpError, match="; lspci -F would skip this function$"):
         parse_dump(data.decode(), "t.dump")
 
 

@@ -213,7 +213,7 @@ def test_more_description_errors(tmp_path: Path, text: str, message: str) -> Non
 
 
 @pytest.mark.parametrize(("body", "message"), [
-    (("      - {kind: endpoint, slot: '00.0', vendor: 1, device: 1, class: 0, "
+    (("      - {kind: endpoint, slot: '00.0', vendor: 1, device: 1, class: 0x020000, "
       "bars: [{index: 0, type: mem32, size: 1G}]}"),
      r"host_bridges\[0\]\.devices\[0\]\.bars\[0\]: 0000:00:00\.0 BAR 0 \(mem32, 0x40000000 bytes\) got no address"),
     ("      - {kind: pci, slot: '01.1', vendor: 1, device: 1, class: 0}",
@@ -227,6 +227,14 @@ def test_a_machine_that_does_not_come_up_as_described_is_an_error(tmp_path: Path
     Platform.load(path).boot()              # Linux boots it; the description asked for more
     with pytest.raises(VfiolabError, match=message):
         snapshot(path)
+
+
+def test_bars_linux_leaves_alone_are_no_error(tmp_path: Path) -> None:
+    """setup-bus.c pdev_sort_resources() skips host bridges and classless devices: no address, no error."""
+    path = write(tmp_path, ROOT + "      - {kind: host_bridge, slot: '00.0', vendor: 1, device: 1, "
+                 "bars: [{index: 0, size: 1G}]}\n")
+    (f,) = snapshot(path)
+    assert f.config[0x10:0x14] == b"\0\0\0\0"
 
 
 def test_the_longest_bridge_chain_fits(tmp_path: Path) -> None:

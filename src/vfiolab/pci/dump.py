@@ -63,16 +63,17 @@ class DumpError(VfiolabError):
 
 
 def _near_miss(m: re.Match[str]) -> str:
-    """Why an address-like line is no function line for lib/dump.c (it would skip it)."""
+    """Why an address-like line is no function line for lib/dump.c, which skips it without a word."""
     dom, bus, dev, fn = m.groups()
     if dom is not None and len(dom) > 5:
-        return (f"domain {dom} has {len(dom)} hex digits; pciutils 3.9 reads at most 5 and would skip "
-                "this function")
-    if (dom is not None and len(dom) < 4) or len(bus) != 2 or len(dev) != 2:
-        return "not a [[d]dddd:]bb:dd.f address (two hex digits of bus and device, a 4- or 5-digit domain)"
-    if len(fn) != 1 or fn not in "0123456789":
-        return f"function {fn!r} is not one decimal digit"
-    return "no space after the address (lspci -F needs 'bb:dd.f ' and would skip this function)"
+        why = f"domain {dom} has {len(dom)} hex digits, pciutils 3.9 reads at most 5"
+    elif (dom is not None and len(dom) < 4) or len(bus) != 2 or len(dev) != 2:
+        why = "not a [[d]dddd:]bb:dd.f address (two hex digits of bus and device, a 4- or 5-digit domain)"
+    elif len(fn) != 1 or fn not in "0123456789":
+        why = f"function {fn!r} is not one decimal digit"
+    else:
+        why = "no space after the address (a function line is 'bb:dd.f ', a title may follow)"
+    return f"{why}; lspci -F would skip this function"
 
 
 def _bad_byte(rest: str, off: int) -> str:
