@@ -8,8 +8,10 @@ hook: the RW mask alone makes "write all ones, read the mask" work, as in hardwa
 
 from __future__ import annotations
 
+import sys
+from array import array
 from collections.abc import Callable
-from typing import Final
+from typing import Final, Protocol
 
 CFG_SIZE: Final = 4096
 LEGACY_SIZE: Final = 256
@@ -28,6 +30,44 @@ ReadHook = Callable[[int], int]
 """hook(dword_offset) -> current dword value: for registers whose value is computed on read."""
 
 
+def _zero_words(n: int) -> array[int]:
+    """``n`` zero dwords (unsigned 32-bit)."""
+    return array("I", bytes(4 * n))
+
+
+class _Words(Protocol):
+    """Little-endian words of a config space indexed by offset // width (what the access path uses)."""
+
+    def __getitem__(self, i: int) -> int: ...
+
+    def __setitem__(self, i: int, value: int) -> None: ...
+
+
+class _LeWords:
+    """Little-endian words of a bytearray on a big-endian host (memoryview casts are native-endian)."""
+
+    __slots__ = ("data", "width")
+
+    def __init__(self, data: bytearray, width: int) -> None:
+        self.data, self.width = data, width
+
+    def __getitem__(self, i: int) -> int:
+        w = self.width
+        return int.from_bytes(self.data[i * w:i * w + w], "little")
+
+    def __setitem__(self, i: int, value: int) -> None:
+        w = self.width
+        self.data[i * w:i * w + w] = value.to_bytes(w, "little")
+
+
+def _word_views(data: bytearray) -> tuple[_Words, _Words]:
+    """16- and 32-bit views of ``data``: one index per config access instead of slicing and converting."""
+    if sys.byteorder == "little":
+        mv = memoryview(data)
+        return mv.cast("H"), mv.cast("I")
+    return _LeWords(data, 2), _LeWords(data, 4)
+
+
 class ConfigAccessError(ValueError):
     """A config access with a bad size, alignment or offset (Linux: PCIBIOS_BAD_REGISTER_NUMBER)."""
 
@@ -37,16 +77,18 @@ class ConfigSpace:
 
     __slots__ = (
         "_armed32",
+        "_data",
         "_defaults",
         "_hwinit32",
         "_read_hooks",
         "_rw32",
         "_special",
         "_special_reset",
+        "_w16",
         "_w1c32",
         "_w1s32",
+        "_w32",
         "_write_hooks",
-        "data",
         "hwinit",
         "rw",
         "size",
@@ -59,7 +101,8 @@ class ConfigSpace:
         if size not in (LEGACY_SIZE, CFG_SIZE):
             raise ValueError(f"config space size must be 256 or 4096, not {size}")
         self.size = size
-        self.data = bytearray(size)
+        self._data = bytearray(size)
+        self._w16, self._w32 = _word_views(self._data)
         self.rw = bytearray(size)
         self.w1c = bytearray(size)
         self.w1s = bytearray(size)
@@ -67,26 +110,39 @@ class ConfigSpace:
         self.sticky = bytearray(size)
         # The write path works on dword-wide attribute words (one lookup per access instead of
         # five byte-slice conversions); _special flags dwords with any RW1C/RW1S/armed-HwInit bit.
+        # They are arrays, not lists: the cyclic GC never walks their 1024 entries (with ten thousand
+        # functions, lists made every full collection visit tens of millions of references).
         n = size >> 2
-        self._rw32 = [0] * n
-        self._w1c32 = [0] * n
-        self._w1s32 = [0] * n
-        self._armed32 = [0] * n
+        self._rw32 = _zero_words(n)
+        self._w1c32 = _zero_words(n)
+        self._w1s32 = _zero_words(n)
+        self._armed32 = _zero_words(n)
         self._special = bytearray(n)
-        self._hwinit32 = [0] * n            # what a fundamental reset re-arms
+        self._hwinit32 = _zero_words(n)     # what a fundamental reset re-arms
         self._special_reset = bytearray(n)  # _special right after a fundamental reset
         self._defaults: bytes | None = None
         self._write_hooks: dict[int, list[WriteHook]] = {}
         self._read_hooks: dict[int, ReadHook] = {}
 
+    @property
+    def data(self) -> bytearray:
+        """The register bytes as the hardware holds them (change them in place; the length is fixed)."""
+        return self._data
+
+    @data.setter
+    def data(self, value: bytes | bytearray) -> None:
+        if len(value) != self.size:
+            raise ValueError(f"config space data must be {self.size} bytes, not {len(value)}")
+        self._data[:] = value
+
     # ------------------------------------------------------------------ model (hardware) side
     def get(self, off: int, size: int) -> int:
         """Read bits as the hardware holds them (no read hooks, no access checks)."""
-        return int.from_bytes(self.data[off:off + size], "little")
+        return int.from_bytes(self._data[off:off + size], "little")
 
     def set(self, off: int, size: int, value: int) -> None:
         """Set bits as the hardware does, ignoring write attributes."""
-        self.data[off:off + size] = (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little")
+        self._data[off:off + size] = (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little")
 
     def set_attrs(self, off: int, size: int, *, rw: int = 0, w1c: int = 0, w1s: int = 0,
                   hwinit: int = 0, sticky: int = 0) -> None:
@@ -128,23 +184,23 @@ class ConfigSpace:
 
     def seal(self) -> None:
         """Record the current bytes as the reset values (call once the function is built)."""
-        self._defaults = bytes(self.data)
+        self._defaults = bytes(self._data)
 
     def reset(self, kind: str = RESET_FLR) -> None:
         """Return to reset values; sticky bits survive all but a fundamental reset."""
         if self._defaults is None:
             return
         if kind == RESET_FUNDAMENTAL:
-            self.data[:] = self._defaults
+            self._data[:] = self._defaults
             self._armed32[:] = self._hwinit32
             self._special[:] = self._special_reset
             return
         # Keep sticky bits, restore everything else.  Done on the whole space at once as ints.
         n = self.size
-        cur = int.from_bytes(self.data, "little")
+        cur = int.from_bytes(self._data, "little")
         dflt = int.from_bytes(self._defaults, "little")
         st = int.from_bytes(self.sticky, "little")
-        self.data[:] = ((cur & st) | (dflt & ~st)).to_bytes(n, "little")
+        self._data[:] = ((cur & st) | (dflt & ~st)).to_bytes(n, "little")
 
     # ------------------------------------------------------------------ software (config cycle) side
     def _check(self, off: int, size: int) -> None:
@@ -164,39 +220,41 @@ class ConfigSpace:
             if hook is not None:
                 dw = hook(off & ~3)
                 return (dw >> (8 * (off & 3))) & ((1 << (8 * size)) - 1)
-        return int.from_bytes(self.data[off:off + size], "little")
+        if size == 4:
+            return self._w32[off >> 2]
+        if size == 2:
+            return self._w16[off >> 1]
+        return self._data[off]
 
     def write(self, off: int, size: int, value: int) -> None:
         """A configuration write cycle: each bit follows its attribute (RO, RW, RW1C, RW1S, HwInit)."""
         if size not in (1, 2, 4) or off & (size - 1) or off < 0 or off + size > self.size:
             self._check(off, size)
-        end = off + size
+        # Worked on the whole dword: bits outside the written bytes are neither RW nor hit by value.
         dwi = off >> 2
         sh = (off & 3) << 3
-        m = _SIZE_MASK[size]
-        value &= m
-        old = int.from_bytes(self.data[off:end], "little")
-        rw = (self._rw32[dwi] >> sh) & m
+        m = _SIZE_MASK[size] << sh
+        value = (value << sh) & m
+        w32 = self._w32
+        old = w32[dwi]
+        rw = self._rw32[dwi] & m
         new = (old & ~rw) | (value & rw)
         if self._special[dwi]:
-            new &= ~(value & (self._w1c32[dwi] >> sh))
-            new |= value & (self._w1s32[dwi] >> sh) & m
-            armed = (self._armed32[dwi] >> sh) & m
+            new &= ~(value & self._w1c32[dwi])
+            new |= value & self._w1s32[dwi]
+            armed = self._armed32[dwi] & m
             if armed:
                 # HwInit: firmware may write the field once after reset; later writes are ignored.
                 new = (new & ~armed) | (value & armed)
-                self._armed32[dwi] &= ~(m << sh)
+                self._armed32[dwi] &= ~m
                 self._update_special(dwi)
         if new != old:
-            self.data[off:end] = new.to_bytes(size, "little")
+            w32[dwi] = new
         if self._write_hooks:
             hooks = self._write_hooks.get(dwi)
             if hooks:
-                base = dwi << 2
-                new_dw = int.from_bytes(self.data[base:base + 4], "little")
-                old_dw = (new_dw & ~(m << sh)) | (old << sh)
                 for hook in hooks:
-                    hook(off, size, old_dw, new_dw)
+                    hook(off, size, old, new)
 
     def clone(self) -> ConfigSpace:
         """A copy at the current state for an identical function (e.g. another VF of the same PF).
@@ -207,8 +265,9 @@ class ConfigSpace:
         cs = ConfigSpace.__new__(ConfigSpace)
         for slot in ConfigSpace.__slots__:
             setattr(cs, slot, getattr(self, slot))
-        cs.data = bytearray(self.data)
-        cs._armed32 = list(self._armed32)
+        cs._data = bytearray(self._data)
+        cs._w16, cs._w32 = _word_views(cs._data)
+        cs._armed32 = self._armed32[:]
         cs._special = bytearray(self._special)
         cs._write_hooks, cs._read_hooks = {}, {}
         return cs
@@ -217,8 +276,8 @@ class ConfigSpace:
         """The bytes software would read, dword by dword (read hooks applied)."""
         n = self.size if length is None else min(length, self.size)
         if not self._read_hooks:
-            return bytes(self.data[:n])
-        out = bytearray(self.data[:n])
+            return bytes(self._data[:n])
+        out = bytearray(self._data[:n])
         for dwi, hook in self._read_hooks.items():
             base = dwi << 2
             if base < n:
