@@ -1128,6 +1128,10 @@ class Enumeration:
     def dumps(self) -> list[DumpedFunction]:
         """Every device's config bytes as Linux exposes them (cfg_size: 256 or 4096), in probe order, with
         its sysfs resource lines."""
+        with gc_paused():
+            return self._dumps()
+
+    def _dumps(self) -> list[DumpedFunction]:
         out = []
         for dev in self.devices:
             data = self.topology.config_dump(dev.seg, dev.bus.number, dev.devfn)

@@ -24,6 +24,7 @@ from vfiolab.pci.aliases import (
     for_each_dma_alias,
 )
 from vfiolab.pci.dump import DumpedFunction, parse_dump
+from vfiolab.pci.enumerate import gc_paused
 from vfiolab.pci.hierarchy import PciDev, PciTree
 
 
@@ -253,7 +254,8 @@ def group_tree(tree: PciTree, setup: IommuSetup | None = None) -> GroupResult:
 
 def compute_groups(funcs: Iterable[DumpedFunction], setup: IommuSetup | None = None) -> GroupResult:
     """IOMMU groups of a machine given every function's config bytes (any order), as Linux 7.2 forms them."""
-    return group_tree(PciTree.from_dumps(funcs), setup)
+    with gc_paused():       # the tree and the groups are kept: no cyclic-GC passes while they are made
+        return group_tree(PciTree.from_dumps(funcs), setup)
 
 
 def groups_from_dump_text(text: str, source: str = "<dump>", setup: IommuSetup | None = None) -> GroupResult:

@@ -47,12 +47,24 @@ ConfigWrite = Callable[[int, int, int, int, int, int], None]
 class Resource:
     """A range of bus addresses: [start, end] with IORESOURCE_* flags; assigned once it has a parent."""
 
-    __slots__ = ("children", "end", "flags", "name", "parent", "start")
+    __slots__ = ("_children", "end", "flags", "name", "parent", "start")
 
     def __init__(self, start: int = 0, end: int = -1, flags: int = 0, name: str = "") -> None:
         self.start, self.end, self.flags, self.name = start, end, flags, name
         self.parent: Resource | None = None
-        self.children: list[Resource] = []
+        self._children: list[Resource] | None = None
+
+    @property
+    def children(self) -> list[Resource]:
+        """Resources inside this one, by start (made on first use: 17 per device, few ever have any)."""
+        kids = self._children
+        if kids is None:
+            kids = self._children = []
+        return kids
+
+    @children.setter
+    def children(self, kids: list[Resource]) -> None:
+        self._children = kids
 
     @property
     def size(self) -> int:
