@@ -74,10 +74,13 @@ class VirtualFunction(PciFunction):
         """Another VF of the same PF, as this one was at reset (it must not have been used yet).
 
         The config space is cloned (ConfigSpace.clone shares the write attributes); capabilities are
-        copied and re-attached to the new config space so their hooks act on it.
+        copied (containers in them too) and re-attached to the new config space so their hooks act on it.
         """
+        plan = self._clone_plan()
         new = object.__new__(VirtualFunction)
-        new.__dict__.update(self.__dict__)
+        state = self.__dict__.copy()
+        del state["_plan"]
+        new.__dict__ = state
         new.index, new.rid = index, rid
         new.name = f"{self.pf.name or 'PF'} VF{index}"
         new.bus, new.devfn = None, -1
@@ -86,19 +89,32 @@ class VirtualFunction(PciFunction):
         new.cs = cs
         caps = CapabilityList(cs)
         caps._std_next, caps._ext_next = self.caps._std_next, self.caps._ext_next
-        for chain, dst in ((self.caps.std, caps.std), (self.caps.ext, caps.ext)):
-            for cap in chain:
-                dup = copy.copy(cap)
-                for k, v in vars(dup).items():
-                    if isinstance(v, (list, dict, set, bytearray)):
-                        setattr(dup, k, copy.copy(v))
-                if getattr(dup, "on_flr", None) is not None:
-                    dup.on_flr = None  # type: ignore[attr-defined]
-                dst.append(dup)
-                dup.attach(cs, dup.offset)
+        for cap, containers, has_flr in plan:
+            dup = object.__new__(type(cap))
+            dup.__dict__ = cap.__dict__.copy()
+            for k in containers:
+                setattr(dup, k, copy.copy(getattr(cap, k)))
+            if has_flr:
+                dup.on_flr = None  # type: ignore[attr-defined]
+            (caps.ext if cap.extended else caps.std).append(dup)
+            dup.attach(cs, dup.offset)
         new.caps = caps
         new._hook_flr()
         return new
+
+    def _clone_plan(self) -> list[tuple[Capability, tuple[str, ...], bool]]:
+        """Per capability (chain order, standard first): which attributes hold containers to copy and
+        whether it has an FLR callback to re-point; worked out once, on the first clone."""
+        plan: list[tuple[Capability, tuple[str, ...], bool]] | None = self.__dict__.get("_plan")
+        if plan is None:
+            plan = []
+            for cap in [*self.caps.std, *self.caps.ext]:
+                if not hasattr(cap, "__dict__") or hasattr(cap, "__slots__") or hasattr(cap, "__copy__"):
+                    raise VfiolabError(f"{self.name}: {type(cap).__name__} cannot be cloned field by field")
+                containers = tuple(k for k, v in vars(cap).items() if isinstance(v, (list, dict, set, bytearray)))
+                plan.append((cap, containers, getattr(cap, "on_flr", None) is not None))
+            self._plan = plan
+        return plan
 
     def bar_address(self, index: int) -> int:
         """VF BAR ``index``: the PF's VF BAR ``index`` base + this VF's index * per-VF size."""

@@ -181,9 +181,15 @@ class SriovCap(Capability):
 
     def _sync(self) -> None:
         """Re-derive what hardware derives: VF BAR address bits and First VF Offset / VF Stride."""
+        self._sync_bars(range(self.NUM_BARS))
+        self._sync_routing()
+
+    def _sync_bars(self, slots: range) -> None:
+        """Clear the address bits below each VF's aperture in the VF BARs at ``slots``."""
         cs, off = self._placed()
         page = self.system_page_size()
-        for i, bar in enumerate(self.bars):
+        for i in slots:
+            bar = self.bars[i]
             if bar is None:
                 continue
             reg = off + self.BAR0 + 4 * i
@@ -192,6 +198,10 @@ class SriovCap(Capability):
             cs.set(reg, 4, cs.get(reg, 4) & ~(span & 0xFFFFFFF0))
             if bar.mem64:
                 cs.set(reg + 4, 4, cs.get(reg + 4, 4) & ~(span >> 32))
+
+    def _sync_routing(self) -> None:
+        """First VF Offset / VF Stride for the NumVFs and ARI Capable Hierarchy now programmed."""
+        cs, off = self._placed()
         nvf = cs.get(off + self.NUM_VFS, 2)
         ari = bool(cs.get(off + self.CTRL, 2) & self.CTRL_ARI)
         for what, reg, param in (("First VF Offset", self.VF_OFFSET, self.offset_rule),
@@ -201,8 +211,10 @@ class SriovCap(Capability):
                 raise VfiolabError(f"SR-IOV: {what} callable gave {val} for NumVFs={nvf} ARI={ari}")
             cs.set(off + reg, 2, val)
 
+    # Each hook re-derives only what the written register feeds: Control (ARI Capable Hierarchy) and
+    # NumVFs feed Offset/Stride, System Page Size every VF BAR, a VF BAR dword its own BAR.
     def _ctrl_written(self, offset: int, size: int, old_dw: int, new_dw: int) -> None:
-        self._sync()
+        self._sync_routing()
         if (old_dw ^ new_dw) & self.CTRL_VFE and self.on_change is not None:
             self.on_change(self, bool(new_dw & self.CTRL_VFE), self.num_vfs())
 
@@ -211,10 +223,14 @@ class SriovCap(Capability):
         if cs.get(off + self.CTRL, 2) & self.CTRL_VFE:
             # §9.3.3.10: NumVFs may only change while VF Enable is clear; the write is dropped.
             cs.set(off + self.NUM_VFS, 2, old_dw & 0xFFFF)
-        self._sync()
+        self._sync_routing()
 
     def _bars_written(self, offset: int, size: int, old_dw: int, new_dw: int) -> None:
-        self._sync()
+        slot = ((offset & ~3) - self._off - self.BAR0) >> 2
+        if slot < 0:                    # System Page Size
+            self._sync_bars(range(self.NUM_BARS))
+        else:                           # this BAR, or the 64-bit BAR whose upper half it is
+            self._sync_bars(range(max(slot - 1, 0), slot + 1))
 
     # ------------------------------------------------------------------ software view
     def _reg(self, rel: int, size: int) -> int:
