@@ -312,3 +312,15 @@ def test_conflicting_sources_are_usage_errors(tmp_path: Any) -> None:
             assert status == 2 and out == "" and "Error: give" in err, argv
     finally:
         os.unlink(dump)
+
+
+def test_a_dump_of_only_vfs_is_refused_by_groups_and_listed_by_lspci() -> None:
+    vf = bytearray(_cfg(0xFFFF, 0xFFFF, 0x020000))
+    dump = _write("".join(format_dump(0, 1, fn, bytes(vf), "VF") for fn in (1, 2)).encode(), ".dump")
+    try:
+        status, out, err = check_run(["groups", "--dump", dump])
+        assert status == 1 and "0000:01:00.1: vendor ID ffff" in err and "not a VF of any PF" in err
+        status, out, _ = check_run(["lspci", "-F", dump])
+        assert status == 0 and out.count("Illegal Vendor ID") == 2
+    finally:
+        os.unlink(dump)

@@ -234,7 +234,5 @@ def format_dump(domain: int, bus: int, devfn: int, config: bytes, title: str = "
     if with_domain or domain:
         head = f"{domain:04x}:{head}"
     lines = [f"{head} {title}".rstrip() + (" " if not title else "")]
-    for off in range(0, len(config), 16):
-        chunk = config[off:off + 16]
-        lines.append(f"{off:02x}: " + " ".join(f"{b:02x}" for b in chunk))
+    lines += [f"{off:02x}: {config[off:off + 16].hex(' ')}" for off in range(0, len(config), 16)]
     return "\n".join(lines) + "\n\n"
