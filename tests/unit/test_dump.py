@@ -164,6 +164,14 @@ def test_addresses_lspci_would_skip_are_errors(line: str, why: str) -> None:
         parse_dump(data.decode(), "t.dump")
 
 
+@pytest.mark.parametrize("line", ["0: 99 99", "000000000: 99 99", "00:99 99", " 00: 99 99", "00:\t99 99"])
+def test_data_lines_lspci_would_ignore_are_errors(line: str) -> None:
+    text = f"00:01.0 x\n{ROW0}\n{line}\n"
+    assert real_lspci(text.encode(), "-x") == real_lspci(f"00:01.0 x\n{ROW0}\n".encode(), "-x")
+    with pytest.raises(DumpError, match=r"<dump>:3: hex data not in the form 'OFF: hh hh \.\.\.'"):
+        parse_dump(text)
+
+
 @pytest.mark.parametrize(("text", "stray", "where"), [
     (f"{ROW0}\n00:01.0 x\n{ROW0}\n", 1, "before the first function"),
     (f"00:01.0 x\n\n{ROW0}\n", 3, "after a blank line, which ends a function"),

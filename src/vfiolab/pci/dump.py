@@ -24,6 +24,9 @@ _ADDR_LIKE = re.compile(r"(?:([0-9a-fA-F]+):)?([0-9a-fA-F]+):([0-9a-fA-F]+)\.([0
 # "##: " ... "########: " then bytes: two hex digits each, followed by the end or one space.
 _DATA_RE = re.compile(r"([0-9a-fA-F]{2,8}): ")
 _DATA_LINE_RE = re.compile(r"([0-9a-fA-F]{2,8}): ((?:[0-9a-fA-F]{2}(?: |\Z))*)\Z")
+# An offset, a colon and hex bytes, but not as lib/dump.c wants them (offset of 1 or 9+ digits, no space
+# after the colon, leading blanks, tabs): lspci -F would ignore the line and lose its bytes.
+_DATA_LIKE = re.compile(r"\s*[0-9a-fA-F]+:\s*(?:[0-9a-fA-F]{2}(?:\s+|\Z))+\Z")
 _HEX = frozenset("0123456789abcdefABCDEF")
 
 CONFIG_MAX = 4096
@@ -192,6 +195,9 @@ def parse_dump(text: str, source: str = "<dump>", *, any_slot: bool = False) -> 
         near = _ADDR_LIKE.match(line)
         if near:
             raise DumpError(f"{source}:{lineno}: {near.group(0)}: {_near_miss(near)}")
+        if _DATA_LIKE.match(line):
+            raise DumpError(f"{source}:{lineno}: hex data not in the form 'OFF: hh hh ...' (an offset of 2 to 8 hex "
+                            "digits at the start of the line, a colon, one space); lspci -F would ignore it")
         # any other line is text (e.g. lspci -v output): ignored
     finish()
     return out
