@@ -64,6 +64,9 @@ build_tree() {
 
 build_image() {
   [ -s "$IMAGE" ] && return 0
+  exec 7>"$BASE/.build-lock"   # one builder at a time; runs only read the finished image
+  flock 7
+  [ -s "$IMAGE" ] && return 0
   build_tree
   ensure_host_tools
   log "kernel-rootfs: packing $(du -sh "$TREE" | cut -f1) into $IMAGE"

@@ -113,6 +113,31 @@ def test_known_divergences_are_recognised_tightly() -> None:
     assert d is not None and classify(s, d, m, k) is None
 
 
+def test_stateless_known_divergences_do_not_stop_the_comparison(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """A check that fails with another errno on each side (md-check-map-order) changes nothing: the
+    comparison goes on past it, and a later real divergence is still found."""
+    from vfiolab.difftest import session
+    s = parse_scenario({"name": "t", "calls": [
+        {"ioas_alloc": {}}, {"test.md_check_map": {"hwpt_id": 9, "iova": 0, "length": 0, "uptr": 0}},
+        {"ioas_alloc": {}}]})
+    records, _ = run_model([s])
+    kernel = json.loads(json.dumps(records))
+    records[0][1]["errno"] = "EFAULT"
+    kernel[0][1]["errno"] = "EINVAL"
+    monkeypatch.setattr(session, "run_model", lambda scenarios: (records, 0.0))
+    path = tmp_path / "k.jsonl"
+    save_records(path, [s], kernel)
+    report = diff([s], kernel_results=path)
+    assert report.outcome(0) == "known" and report.calls == 3
+    assert report.known_counts() == {"md-check-map-order": 1}
+    kernel[0][2]["ret"] = 7
+    save_records(path, [s], kernel)
+    report = diff([s], kernel_results=path)
+    d = report.comparisons[0].divergence
+    assert report.outcome(0) == "diverge" and d is not None and d.index == 2
+
+
 SCENARIOS = [parse_scenario({"name": "a", "source": "unit", "calls": [
     {"mmap": {"length": 0x4000}, "as": "buf"},
     {"ioas_alloc": {}, "as": "ioas"},

@@ -24,15 +24,18 @@ CORPUS = load_corpus()
 @pytest.mark.parametrize("scenario", CORPUS, ids=[s.name for s in CORPUS])
 def test_corpus_on_the_model(scenario) -> None:  # type: ignore[no-untyped-def]
     records, _ = run_scenario(scenario, ModelBackend())
-    assert len(records) == len(scenario.calls)
-    bad = [r for r in records if r["errno"] in ("crash", "skip") or "expect" in r]
+    calls = records[:len(scenario.calls)]
+    assert len(calls) == len(scenario.calls)
+    bad = [r for r in calls if r["errno"] in ("crash", "skip") or "expect" in r]
     assert not bad, bad
+    if len(records) > len(calls):  # close(2) crashed the model: only a known divergence may do that
+        assert scenario.xfail.startswith("iopf-pending-at-close"), records[-1]
 
 
 def test_corpus_names_its_sources() -> None:
     assert len(CORPUS) >= 40
     assert all(s.source or s.xfail for s in CORPUS)
-    assert sum(1 for s in CORPUS if s.xfail) >= 8
+    assert sum(1 for s in CORPUS if s.xfail) >= 9
     with pytest.raises(ScenarioError, match="no corpus scenario named nope"):
         load_corpus(["nope"])
 

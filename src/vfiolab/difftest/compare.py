@@ -10,7 +10,7 @@ fd) unbinds the pair.  A crash on either side is always a divergence.  Standard 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,6 +66,9 @@ class Comparison:
     divergence: Divergence | None = None
     symbolic_differences: dict[str, int] = field(default_factory=dict)
     expectations: list[Expectation] = field(default_factory=list)
+    tolerated: list[Divergence] = field(default_factory=list)
+    """Divergences passed over because they change nothing (``tolerate`` said so): a failed check whose
+    errno differs leaves both sides in the same state, so the comparison goes on."""
 
 
 class _Pairing:
@@ -135,9 +138,10 @@ def _compare_ret(m: Any, k: Any, kinds: Mapping[str, str], pairing: _Pairing) ->
     return None if m == k else f"result {_h(m)} vs {_h(k)}"
 
 
-def compare_records(scenario: Scenario, model: Sequence[Mapping[str, Any]],
-                    kernel: Sequence[Mapping[str, Any]]) -> Comparison:
-    """Compare the two record streams of ``scenario`` up to the first divergence."""
+def compare_records(scenario: Scenario, model: Sequence[Mapping[str, Any]], kernel: Sequence[Mapping[str, Any]],
+                    tolerate: Callable[[Divergence], bool] | None = None) -> Comparison:
+    """Compare the two record streams of ``scenario`` up to the first divergence ``tolerate`` does not pass
+    over."""
     result = Comparison(scenario.name)
     pairing = _Pairing()
     n = max(len(model), len(kernel))
@@ -151,8 +155,11 @@ def compare_records(scenario: Scenario, model: Sequence[Mapping[str, Any]],
                 result.expectations.append(Expectation(scenario.name, i, call, side, rec["expect"], got))
         why = _why(m, k, pairing)
         if why:
-            result.divergence = Divergence(scenario.name, i, call, m, k, why)
-            break
+            d = Divergence(scenario.name, i, call, m, k, why)
+            if tolerate is None or not tolerate(d):
+                result.divergence = d
+                break
+            result.tolerated.append(d)
         result.compared += 1
     result.symbolic_differences = dict(pairing.differences)
     return result

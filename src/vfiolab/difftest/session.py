@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vfiolab.difftest.compare import Comparison, compare_records
+from vfiolab.difftest.compare import Comparison, Divergence, compare_records
 from vfiolab.difftest.guestrun import GuestRun, run_on_kernel
 from vfiolab.difftest.known import Known, classify
 from vfiolab.difftest.model_backend import ModelBackend
@@ -37,12 +38,13 @@ class DiffReport:
     def outcome(self, i: int) -> str:
         """``agree``; ``diverge`` (new); ``known`` (an instance of a known divergence); for scenarios marked
         ``xfail``: ``xfailed`` (still diverges) or ``xpassed`` (agrees now: the mark should go)."""
-        diverged = self.comparisons[i].divergence is not None
+        c = self.comparisons[i]
         if self.scenarios[i].xfail:
-            return "xfailed" if diverged else "xpassed"
-        if diverged:
-            return "known" if self.known and self.known[i] is not None else "diverge"
-        return "agree"
+            return "xfailed" if c.divergence is not None else "xpassed"
+        if c.divergence is not None:
+            known = self.known[i] if self.known else None
+            return "known" if known is not None and not known.stateless else "diverge"
+        return "known" if c.tolerated else "agree"
 
     def counts(self) -> dict[str, int]:
         out = dict.fromkeys(("agree", "diverge", "known", "xfailed", "xpassed"), 0)
@@ -62,11 +64,18 @@ class DiffReport:
         return bool(c["diverge"] or c["xpassed"] or any(cmp.expectations for cmp in self.comparisons))
 
     def known_counts(self) -> dict[str, int]:
-        """How many scenarios stopped at each known divergence."""
+        """How many times each known divergence was met (a stateless one may recur in a scenario)."""
         out: dict[str, int] = {}
-        for i, k in enumerate(self.known):
-            if k is not None and self.outcome(i) == "known":
-                out[k.id] = out.get(k.id, 0) + 1
+        for i, c in enumerate(self.comparisons):
+            if self.scenarios[i].xfail:
+                continue
+            hits = [classify(self.scenarios[i], d, self.model_records[i], self.kernel_records[i])
+                    for d in c.tolerated]
+            if c.divergence is not None and self.outcome(i) == "known":
+                hits.append(self.known[i])
+            for k in hits:
+                if k is not None:
+                    out[k.id] = out.get(k.id, 0) + 1
         return out
 
     def symbolic_differences(self) -> dict[str, int]:
@@ -124,10 +133,22 @@ def diff(scenarios: list[Scenario], kernel_results: Path | None = None, outdir: 
     else:
         guest = run_on_kernel(scenarios, outdir, timeout)
         kernel = guest.records
-    comparisons = [compare_records(s, m, k) for s, m, k in zip(scenarios, model, kernel)]
-    known = [classify(s, c.divergence, m, k) if c.divergence else None
-             for s, c, m, k in zip(scenarios, comparisons, model, kernel)]
+    comparisons: list[Comparison] = []
+    known: list[Known | None] = []
+    for s, m, k in zip(scenarios, model, kernel):
+        c = compare_records(s, m, k, _tolerate(s, m, k) if not s.xfail else None)
+        comparisons.append(c)
+        first = c.divergence or (c.tolerated[0] if c.tolerated else None)
+        known.append(classify(s, first, m, k) if first else None)
     return DiffReport(scenarios, comparisons, model_seconds, guest, model, kernel, known)
+
+
+def _tolerate(s: Scenario, m: list[dict[str, Any]], k: list[dict[str, Any]]) -> Callable[[Divergence], bool]:
+    """Pass over the known divergences that leave both sides in the same state."""
+    def tolerate(d: Divergence) -> bool:
+        hit = classify(s, d, m, k)
+        return hit is not None and hit.stateless
+    return tolerate
 
 
 def save_records(path: Path, scenarios: list[Scenario], records: list[list[dict[str, Any]]]) -> None:
