@@ -108,3 +108,21 @@ def test_cli_groups_from_sysfs_says_what_it_computed(tmp_path: Path) -> None:
                           f"vfiolab: warning: the kernel's group {kernel['0000:07:00.1']} holds 0000:07:00.1 "
                           "0000:07:00.2; computed: 0000:07:00.1; 0000:07:00.2\n")
     assert out.stdout.startswith("IOMMU group 0\n  0000:00:00.0 ")
+
+
+@pytest.mark.parametrize(("size", "message"), [
+    (0, r"config returned 0 bytes; offset 0x0 onwards is missing, the 64-byte header included$"),
+    (5000, r"config returned 5000 bytes; config space has at most 4096$"),
+])
+def test_config_files_of_impossible_sizes(tmp_path: Path, size: int, message: str) -> None:
+    make_sysfs(tmp_path, qemu_real_peers()[:1])
+    (tmp_path / "bus/pci/devices/0000:00:00.0/config").write_bytes(bytes(size))
+    with pytest.raises(VfiolabError, match=message):
+        read_sysfs(tmp_path)
+
+
+def test_attributes_that_are_not_utf8_are_kept_as_read(tmp_path: Path) -> None:
+    make_sysfs(tmp_path, qemu_real_peers()[:1])
+    (tmp_path / "bus/pci/devices/0000:00:00.0/vendor").write_bytes(b"\xff\xfe\n")
+    (f,) = read_sysfs(tmp_path)
+    assert f.sysfs is not None and f.sysfs["vendor"].encode("utf-8", "surrogateescape") == b"\xff\xfe"

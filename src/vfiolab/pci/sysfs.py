@@ -56,8 +56,8 @@ def _read_function(base: Path, name: str) -> DumpedFunction:
         unpriv = len(cfg) == 64 or (len(cfg) == 128 and hdr == 2)
         why = (" — sysfs gives readers without CAP_SYS_ADMIN only the first 64 bytes (128 for CardBus); "
                "read it as root" if unpriv else "")
-        raise VfiolabError(f"{name}: {cfg_path} returned {len(cfg)} bytes; offset {len(cfg):#x} onwards "
-                           f"(capabilities) is missing{why}")
+        what = "(capabilities) is missing" if len(cfg) >= 64 else "is missing, the 64-byte header included"
+        raise VfiolabError(f"{name}: {cfg_path} returned {len(cfg)} bytes; offset {len(cfg):#x} onwards {what}{why}")
     attrs: dict[str, str] = {}
     for attr in _ATTRS:
         try:
