@@ -28,6 +28,8 @@ def demo(platform_file: str | None) -> None:
     click.echo(render(funcs, LspciOptions(numeric=2)), nl=False)
     click.echo()
     result = compute_groups(funcs)
+    for w in result.warnings:
+        click.echo(f"vfiolab: warning: {w}", err=True)
     click.secho(f"== IOMMU groups ({len(result.groups)}), numbered in Linux probe order", bold=True)
     for g in result.groups:
         click.echo(f"group {g.id}: {' '.join(g.devices)}")
