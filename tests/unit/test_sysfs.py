@@ -86,9 +86,11 @@ def test_cli_groups_from_sysfs_says_what_it_computed(tmp_path: Path) -> None:
     make_sysfs(plain, funcs)
     out = CliRunner().invoke(cli, ["groups", "--sysfs", str(plain), "--json"])
     assert out.exit_code == 0
-    assert out.stderr == (f"vfiolab: note: the running kernel has no IOMMU groups ({plain}/kernel/iommu_groups is "
-                          "empty: no IOMMU is enabled); these are the groups Linux 7.2 would form with one\n")
-    assert json.loads(out.stdout)["kernel"] == {"iommu_groups": 0, "functions_in_groups": 0, "matches": None}
+    assert out.stderr == (f"vfiolab: note: the running kernel has no IOMMU groups for PCI ({plain}/kernel/"
+                          "iommu_groups is empty: no IOMMU is enabled); these are the groups Linux 7.2 would form "
+                          "with one\n")
+    assert json.loads(out.stdout)["kernel"] == {"iommu_groups": 0, "functions_in_groups": 0, "matches": None,
+                                                "same_numbers": None}
 
     kernel = {name: i for i, devs in enumerate(REAL_PEERS_GROUPS) for name in devs}
     same = tmp_path / "same"
@@ -96,7 +98,15 @@ def test_cli_groups_from_sysfs_says_what_it_computed(tmp_path: Path) -> None:
     out = CliRunner().invoke(cli, ["groups", "--sysfs", str(same), "--json"])
     assert out.exit_code == 0 and out.stderr == ""
     assert json.loads(out.stdout)["kernel"] == {"iommu_groups": len(REAL_PEERS_GROUPS),
-                                                "functions_in_groups": len(kernel), "matches": True}
+                                                "functions_in_groups": len(kernel), "matches": True,
+                                                "same_numbers": True}
+
+    shifted = tmp_path / "shifted"              # e.g. a kernel that gave group 0 to a non-PCI device first
+    make_sysfs(shifted, funcs, groups={name: gid + 1 for name, gid in kernel.items()})
+    out = CliRunner().invoke(cli, ["groups", "--sysfs", str(shifted), "--json"])
+    assert out.stderr == ("vfiolab: note: same groups as the kernel's, numbered differently (its group 1 is group 0 "
+                          "here)\n")
+    assert json.loads(out.stdout)["kernel"]["same_numbers"] is False
 
     merged = dict(kernel, **{"0000:07:00.2": kernel["0000:07:00.1"]})    # the kernel joins two VFs
     del merged["0000:00:00.0"]

@@ -81,13 +81,20 @@ def groups(dump_file: str | None, sysfs_dir: str | None, platform_file: str | No
         differences = _compare([g.devices for g in result.groups], kernel) if kernel else []
         if not kernel:
             where = os.path.join(sysfs_dir, "kernel", "iommu_groups")
-            click.echo(f"vfiolab: note: the running kernel has no IOMMU groups ({where} "
-                       f"{'holds ' + str(count) + ' but no PCI function links to one' if count else 'is empty'}: "
-                       "no IOMMU is enabled); these are the groups Linux 7.2 would form with one", err=True)
+            why = (f"{where} holds {count} but no PCI function is in one: no IOMMU translates for PCI" if count
+                   else f"{where} is empty: no IOMMU is enabled")
+            click.echo(f"vfiolab: note: the running kernel has no IOMMU groups for PCI ({why}); these are the "
+                       "groups Linux 7.2 would form with one", err=True)
         for d in differences:
             click.echo(f"vfiolab: warning: {d}", err=True)
+        renumbered = [g for g in result.groups if kernel and kernel.get(g.devices[0]) != str(g.id)]
+        if kernel and not differences and renumbered:
+            g = renumbered[0]
+            click.echo(f"vfiolab: note: same groups as the kernel's, numbered differently (its group "
+                       f"{kernel[g.devices[0]]} is group {g.id} here)", err=True)
         doc["kernel"] = {"iommu_groups": count, "functions_in_groups": len(kernel),
-                         "matches": (not differences) if kernel else None}
+                         "matches": (not differences) if kernel else None,
+                         "same_numbers": (not differences and not renumbered) if kernel else None}
     if as_json:
         click.echo(json.dumps(doc, indent=1))
         return
