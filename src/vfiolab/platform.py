@@ -3,8 +3,9 @@
 ``Platform.load(path)`` reads and validates a description (errors name the YAML path), ``build()`` makes
 the hardware (a Topology of functions at reset), ``boot()`` enumerates it like Linux, binds the drivers the
 description asks for and enables the requested VFs (like writing ``sriov_numvfs``).  ``snapshot()``
-returns every function's config bytes in Linux probe order.  ``generate_fabric(n)`` makes big synthetic
-machines for benchmarks.  The built-in default (platforms/default.yaml) is a one-socket Xeon server.
+returns every function's config bytes in Linux probe order, once ``Machine.check()`` has found the machine
+came up as described (every function found, every BAR given an address; a bridge without a bus number left
+is refused at load).  ``generate_fabric(n)`` makes big synthetic machines for benchmarks.  The built-in default (platforms/default.yaml) is a one-socket Xeon server.
 
 Description (YAML)::
 
