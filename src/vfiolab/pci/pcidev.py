@@ -8,7 +8,6 @@ resources.py sizes and assigns.  Every config access goes through the topology's
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import partial
 from typing import Final
 
 from vfiolab.pci.regs import bdf_str
@@ -40,8 +39,10 @@ PCI_BRIDGE_MEM_WINDOW: Final = 14
 PCI_BRIDGE_PREF_MEM_WINDOW: Final = 15
 PCI_NUM_RESOURCES: Final = 17
 
-ConfigRead = Callable[[int, int, int, int, int], int]
-ConfigWrite = Callable[[int, int, int, int, int, int], None]
+DevRead = Callable[[int, int], int]
+"""pci_read_config_*() bound to one device: (offset, size) -> value."""
+DevWrite = Callable[[int, int, int], None]
+"""pci_write_config_*() bound to one device: (offset, size, value)."""
 
 
 class Resource:
@@ -204,11 +205,11 @@ class PciDev:
         "write",
     )
 
-    def __init__(self, bus: PciBus, devfn: int, rd: ConfigRead, wr: ConfigWrite) -> None:
+    def __init__(self, bus: PciBus, devfn: int, read: DevRead, write: DevWrite) -> None:
         self.seg, self.bus, self.devfn = bus.seg, bus, devfn
-        # pci_read_config_*/pci_write_config_* for this device: (offset, size[, value]) bound to its address.
-        self.read: Callable[[int, int], int] = partial(rd, bus.seg, bus.number, devfn)
-        self.write: Callable[[int, int, int], None] = partial(wr, bus.seg, bus.number, devfn)
+        # pci_read_config_*/pci_write_config_* for this device: (offset, size[, value]) at its address.
+        self.read = read
+        self.write = write
         self.vendor = self.device = self.revision = self.class_ = self.hdr_type = 0
         self.multifunction = False
         self.pcie_cap = self.pcie_flags = self.pcie_mpss = self.devcap = 0

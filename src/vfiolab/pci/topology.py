@@ -11,7 +11,7 @@ cached per (segment, bus) and the cache is dropped whenever a bridge's bus numbe
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Final
 
@@ -42,6 +42,57 @@ class Aperture:
             raise VfiolabError(f"I/O aperture end {self.end:#x} beyond the 64 KiB x86 port space")
         if self.prefetch and self.kind == "io":
             raise VfiolabError("an I/O aperture cannot be prefetchable")
+
+
+class _Port:
+    """Where a configuration address lands now: the claiming function (None: nobody) and its config space's
+    read/write, bound once; ``limit`` is the config bytes reachable there (0 when unclaimed)."""
+
+    __slots__ = ("captures", "fn", "limit", "read", "write")
+
+    def __init__(self, fn: PciFunction | None) -> None:
+        self.fn = fn
+        self.limit = fn.cfg_limit if fn is not None else 0
+        self.read: Callable[[int, int], int] | None = fn.cs.read if fn is not None else None
+        self.write: Callable[[int, int, int], None] | None = fn.cs.write if fn is not None else None
+        # PCIe Base §2.2.6.2: a function captures its bus number from Type 0 writes (VFs use their PF's).
+        self.captures = fn is not None and not fn.is_virtfn
+
+
+def _unclaimed(off: int, size: int, what: str) -> int:
+    """A request nobody claims: all ones for a read (a write is dropped), after the access checks."""
+    if size not in (1, 2, 4) or off & (size - 1) or not 0 <= off < 4096:
+        raise ConfigAccessError(f"config {what} of {size} bytes at {off:#x}")
+    return _ONES[size]
+
+
+class ConfigAddress:
+    """pci_read_config_*/pci_write_config_* for one (segment, bus, devfn): every access is routed as
+    Topology.config_read/config_write route it (through the port cache, dropped when routing changes)."""
+
+    __slots__ = ("_get", "_key", "_topo", "busnr", "devfn", "seg")
+
+    def __init__(self, topology: Topology, seg: int, busnr: int, devfn: int) -> None:
+        self._topo, self.seg, self.busnr, self.devfn = topology, seg, busnr, devfn
+        self._key = seg << 16 | busnr << 8 | devfn
+        self._get = topology._ports.get     # the port dict is only ever cleared, never replaced
+
+    def read(self, off: int, size: int) -> int:
+        """A configuration read of this address."""
+        port = self._get(self._key) or self._topo._port(self.seg, self.busnr, self.devfn)
+        if off < port.limit:
+            return port.read(off, size)  # type: ignore[misc]  # limit > 0: claimed
+        return _unclaimed(off, size, "read")
+
+    def write(self, off: int, size: int, value: int) -> None:
+        """A configuration write to this address."""
+        port = self._get(self._key) or self._topo._port(self.seg, self.busnr, self.devfn)
+        if off < port.limit:
+            if port.captures:
+                port.fn.captured_bus = self.busnr  # type: ignore[union-attr]
+            port.write(off, size, value)  # type: ignore[misc]
+        else:
+            _unclaimed(off, size, "write")
 
 
 class Bus:
@@ -123,8 +174,8 @@ class Topology:
         """In firmware (ACPI) order: by segment, then by first bus number."""
         self._routes: dict[int, tuple[Bus, bool] | None] = {}
         """(segment, bus) -> (Bus, Type 0 here?) or None; dropped whenever routing may change."""
-        self._fns: dict[int, PciFunction | None] = {}
-        """(segment, bus, devfn) -> the claiming function or None; dropped with the routes."""
+        self._ports: dict[int, _Port] = {}
+        """(segment, bus, devfn) -> where a request lands now; dropped with the routes."""
 
     def add_host_bridge(self, segment: int = 0, bus_start: int = 0, bus_end: int = 0xFF,
                         apertures: tuple[Aperture, ...] = ()) -> RootComplex:
@@ -148,12 +199,12 @@ class Topology:
     def invalidate(self) -> None:
         """Forget cached routes (bus numbers, ARI forwarding or the tree changed)."""
         self._routes.clear()
-        self._fns.clear()
+        self._ports.clear()
 
     def invalidate_rids(self, seg: int, rids: list[int]) -> None:
         """Forget what is cached for these routing IDs (VFs came or went; the routes stay valid)."""
         for rid in rids:
-            self._fns.pop(seg << 16 | rid, None)
+            self._ports.pop(seg << 16 | rid, None)
 
     # ------------------------------------------------------------------ routing
     def _route(self, seg: int, busnr: int) -> tuple[Bus, bool] | None:
@@ -198,38 +249,38 @@ class Topology:
                 return fn
         return bus.vfs.get(busnr << 8 | devfn) if bus.vfs else None
 
+    def _port(self, seg: int, busnr: int, devfn: int) -> _Port:
+        key = seg << 16 | busnr << 8 | devfn
+        port = self._ports.get(key)
+        if port is None:
+            port = self._ports[key] = _Port(self._resolve(seg, busnr, devfn))
+        return port
+
     def find(self, seg: int, busnr: int, devfn: int) -> PciFunction | None:
         """The function a configuration request to (seg, bus, devfn) would reach now, if any."""
-        key = seg << 16 | busnr << 8 | devfn
-        if key in self._fns:
-            return self._fns[key]
-        fn = self._fns[key] = self._resolve(seg, busnr, devfn)
-        return fn
+        return self._port(seg, busnr, devfn).fn
 
     # ------------------------------------------------------------------ configuration access
     def config_read(self, seg: int, busnr: int, devfn: int, off: int, size: int) -> int:
         """A configuration read; all ones when no function claims it."""
-        fn = self._fns.get(seg << 16 | busnr << 8 | devfn)
-        if fn is None:
-            fn = self.find(seg, busnr, devfn)
-        if fn is None or off >= fn.cfg_limit:
-            if size not in (1, 2, 4) or off & (size - 1) or not 0 <= off < 4096:
-                raise ConfigAccessError(f"config read of {size} bytes at {off:#x}")
-            return _ONES[size]
-        return fn.cs.read(off, size)
+        port = self._ports.get(seg << 16 | busnr << 8 | devfn) or self._port(seg, busnr, devfn)
+        if off < port.limit:
+            return port.read(off, size)  # type: ignore[misc]  # limit > 0: claimed
+        return _unclaimed(off, size, "read")
 
     def config_write(self, seg: int, busnr: int, devfn: int, off: int, size: int, value: int) -> None:
         """A configuration write; dropped when no function claims it."""
-        fn = self._fns.get(seg << 16 | busnr << 8 | devfn)
-        if fn is None:
-            fn = self.find(seg, busnr, devfn)
-        if fn is None or off >= fn.cfg_limit:
-            if size not in (1, 2, 4) or off & (size - 1) or not 0 <= off < 4096:
-                raise ConfigAccessError(f"config write of {size} bytes at {off:#x}")
-            return
-        if not fn.is_virtfn:
-            fn.captured_bus = busnr
-        fn.cs.write(off, size, value)
+        port = self._ports.get(seg << 16 | busnr << 8 | devfn) or self._port(seg, busnr, devfn)
+        if off < port.limit:
+            if port.captures:
+                port.fn.captured_bus = busnr  # type: ignore[union-attr]
+            port.write(off, size, value)  # type: ignore[misc]
+        else:
+            _unclaimed(off, size, "write")
+
+    def address(self, seg: int, busnr: int, devfn: int) -> ConfigAddress:
+        """Config accessors bound to (seg, bus, devfn), as a struct pci_dev's are to its bus and devfn."""
+        return ConfigAddress(self, seg, busnr, devfn)
 
     def config_dump(self, seg: int, busnr: int, devfn: int) -> bytes | None:
         """Every byte software can read from the function (256 or 4096), as a run of dword reads would."""
