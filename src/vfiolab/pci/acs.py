@@ -44,7 +44,7 @@ from vfiolab.pci.hierarchy import FLAG_ACS_ENABLED_QUIRK, PciDev, PciTree
 
 __all__ = ["ACS_CR", "ACS_DT", "ACS_EC", "ACS_RR", "ACS_SV", "ACS_TB", "ACS_UF", "REQ_ACS_FLAGS", "AcsSetup",
            "acs_enabled", "acs_enabled_why", "acs_flags_enabled", "acs_path_blocker", "acs_path_enabled",
-           "enable_acs", "enable_acs_dev", "flag_names", "parse_acs_flags"]
+           "enable_acs", "enable_acs_dev", "flag_names", "parse_acs_flags", "program_acs"]
 
 # drivers/iommu/iommu.c: isolation needs Source Validation, Request and Completion Redirect, Upstream Fwd.
 REQ_ACS_FLAGS: Final = ACS_SV | ACS_RR | ACS_CR | ACS_UF
@@ -261,12 +261,25 @@ def enable_acs(read: Read, write: Write, *, request_acs: bool = True, ats_disabl
     ``read(offset, size)`` / ``write(offset, size, value)`` access the function's config space; ``read_lpc``
     reads the config space of device 31.0 on the same bus (only Intel PCH root ports consult it; absent
     means the read fails with all-ones, as on hardware).  ``disable_acs_redir``/``config_acs`` say that the
-    kernel command line's pci=disable_acs_redir= / pci=config_acs=<bits>@ names this function.
+    kernel command line's pci=disable_acs_redir= / pci=config_acs=<bits>@ names this function.  The IDs,
+    PCIe type and ACS position Linux keeps in struct pci_dev are found by config reads first; callers that
+    hold them already use program_acs().
     """
-    vendor, device = read(0, 2), read(2, 2)
     ptype = _pcie_type(read)
-    acs_pos = _find_ext(read, 0x0D) if ptype is not None else 0
-    intel_rp = ptype == TYPE_ROOT_PORT and vendor == 0x8086
+    program_acs(read, write, vendor=read(0, 2), device=read(2, 2), pcie_type=ptype,
+                acs_pos=_find_ext(read, 0x0D) if ptype is not None else 0, request_acs=request_acs,
+                ats_disabled=ats_disabled, external_facing=external_facing, untrusted=untrusted,
+                disable_acs_redir=disable_acs_redir, config_acs=config_acs, read_lpc=read_lpc)
+
+
+def program_acs(read: Read, write: Write, *, vendor: int, device: int, pcie_type: int | None, acs_pos: int,
+                request_acs: bool = True, ats_disabled: bool = False, external_facing: bool = False,
+                untrusted: bool = False, disable_acs_redir: bool = False, config_acs: str | None = None,
+                read_lpc: Read | None = None) -> None:
+    """pci_enable_acs() (drivers/pci/pci.c) given what struct pci_dev caches: dev->vendor/device, the PCIe
+    port type (None for conventional PCI) and dev->acs_cap (0 without ACS); config cycles only for the
+    ACS registers themselves (and the Intel quirks' registers), as Linux issues them."""
+    intel_rp = pcie_type == TYPE_ROOT_PORT and vendor == 0x8086
     _program(read, write, acs_pos=acs_pos, intel_pch=intel_rp and intel_pch_id(device),
              intel_spt=intel_rp and intel_spt_id(device),
              request_acs=request_acs, tb_wanted=ats_disabled or external_facing or untrusted,
@@ -279,6 +292,8 @@ def enable_acs_dev(dev: PciDev, tree: PciTree, setup: AcsSetup) -> bool:
     if not setup.touches_hardware:
         return False
     is_intel = dev.vendor == 0x8086
+    if not dev.acs_cap and not (is_intel and is_intel_pch_root_port(dev)):
+        return False                    # pci_enable_acs() touches nothing (no dev->acs_cap, no PCH quirk)
     before = (bytes(dev.cfg[dev.acs_cap:dev.acs_cap + 12]) if dev.acs_cap else b"", dev.dev_flags)
     pch = _program(dev.read, dev.write, acs_pos=dev.acs_cap,
                    intel_pch=is_intel and is_intel_pch_root_port(dev),

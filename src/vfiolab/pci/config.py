@@ -24,7 +24,7 @@ RESET_FUNDAMENTAL: Final = "fundamental"
 WriteHook = Callable[[int, int, int, int], None]
 """hook(offset, size, old_dword, new_dword): called after a software write lands in a hooked dword."""
 
-_SIZE_MASK: Final = {1: 0xFF, 2: 0xFFFF, 4: 0xFFFFFFFF}
+_SIZE_MASK: Final = (0, 0xFF, 0xFFFF, 0, 0xFFFFFFFF)     # by access size
 
 ReadHook = Callable[[int], int]
 """hook(dword_offset) -> current dword value: for registers whose value is computed on read."""
@@ -232,9 +232,13 @@ class ConfigSpace:
             self._check(off, size)
         # Worked on the whole dword: bits outside the written bytes are neither RW nor hit by value.
         dwi = off >> 2
-        sh = (off & 3) << 3
-        m = _SIZE_MASK[size] << sh
-        value = (value << sh) & m
+        if size == 4:
+            m = 0xFFFFFFFF
+            value &= m
+        else:
+            sh = (off & 3) << 3
+            m = _SIZE_MASK[size] << sh
+            value = (value << sh) & m
         w32 = self._w32
         old = w32[dwi]
         rw = self._rw32[dwi] & m
@@ -263,8 +267,11 @@ class ConfigSpace:
         the HwInit state are copied; hooks are not (the clone's capabilities install their own).
         """
         cs = ConfigSpace.__new__(ConfigSpace)
-        for slot in ConfigSpace.__slots__:
-            setattr(cs, slot, getattr(self, slot))
+        # Every slot (one left out would raise AttributeError on first use, not go wrong silently).
+        cs.size, cs._defaults = self.size, self._defaults
+        cs.rw, cs.w1c, cs.w1s, cs.hwinit, cs.sticky = self.rw, self.w1c, self.w1s, self.hwinit, self.sticky
+        cs._rw32, cs._w1c32, cs._w1s32 = self._rw32, self._w1c32, self._w1s32
+        cs._hwinit32, cs._special_reset = self._hwinit32, self._special_reset
         cs._data = bytearray(self._data)
         cs._w16, cs._w32 = _word_views(cs._data)
         cs._armed32 = self._armed32[:]

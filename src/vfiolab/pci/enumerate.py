@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from vfiolab.errors import VfiolabError
 from vfiolab.pci import regs
-from vfiolab.pci.acs import enable_acs
+from vfiolab.pci.acs import program_acs
 from vfiolab.pci.dump import DumpedFunction
 from vfiolab.pci.pcidev import (
     IORESOURCE_DISABLED,
@@ -118,6 +118,7 @@ ROM_MASK = 0xFFFFF800
 PCI_CLASS_BRIDGE_HOST = 0x0600
 PCI_CLASS_BRIDGE_PCI = 0x0604
 PCI_CLASS_NOT_DEFINED = 0x0000
+_ENABLE_SLOTS = (*range(PCI_ROM_RESOURCE + 1), *range(PCI_BRIDGE_RESOURCES, PCI_NUM_RESOURCES))
 
 
 
@@ -193,7 +194,6 @@ class Scanner:
         self.topo = topology
         self.opts = options
         self._rd = topology.config_read
-        self._wr = topology.config_write
         self.buses: dict[tuple[int, int], PciBus] = {}
 
     # ------------------------------------------------------------------ capability lists
@@ -263,7 +263,8 @@ class Scanner:
         l = self._rd(bus.seg, bus.number, devfn, regs.VENDOR_ID, 4)
         if l in (0xFFFFFFFF, 0, 0x0000FFFF, 0xFFFF0000):
             return None
-        dev = PciDev(bus, devfn, self._rd, self._wr)
+        at = self.topo.address(bus.seg, bus.number, devfn)
+        dev = PciDev(bus, devfn, at.read, at.write)
         dev.vendor, dev.device = l & 0xFFFF, l >> 16
         if not self._setup_device(dev):
             return None
@@ -721,11 +722,15 @@ class Scanner:
         self._init_capabilities(dev)
         bus.devices.append(dev)
 
+    @staticmethod
+    def _only_one_child(bus: PciBus) -> bool:
+        """only_one_child() (probe.c): a downstream port's link has device 0 only."""
+        br = bus.self_dev
+        return br is not None and br.is_pcie and br.pcie_type in _DOWNSTREAM_PORTS
+
     def _scan_slot(self, bus: PciBus, devfn: int) -> None:
         """pci_scan_slot() (probe.c): function 0, then the others (ARI chain or the multifunction bit)."""
         br = bus.self_dev
-        if devfn and br is not None and br.is_pcie and br.pcie_type in _DOWNSTREAM_PORTS:
-            return                      # only_one_child(): a downstream port's link has device 0 only
         fn = 0
         while True:
             dev = self._scan_device(bus, devfn + fn)
@@ -813,7 +818,8 @@ class Scanner:
     def _scan_child_bus(self, bus: PciBus, available: int) -> int:
         """pci_scan_child_bus_extend() (probe.c): all slots, SR-IOV bus reservation, bridges in two passes."""
         start = bus.number
-        for devnr in range(32):
+        # pci_scan_slot() returns at once (no config cycle) for devfn > 0 when only_one_child().
+        for devnr in range(1 if self._only_one_child(bus) else 32):
             self._scan_slot(bus, devnr << 3)
         used = self.iov_bus_range(bus)
         max_ = start + used
@@ -868,7 +874,9 @@ class Scanner:
                 found = self._add_new_bus(pf.bus, None, busnr)
                 found.busn_end = busnr
             bus = found
-        vf = PciDev(bus, self.virtfn_devfn(pf, vf_id), self._rd, self._wr)
+        devfn = self.virtfn_devfn(pf, vf_id)
+        at = self.topo.address(pf.seg, bus.number, devfn)
+        vf = PciDev(bus, devfn, at.read, at.write)
         vf.vendor, vf.device = pf.vendor, iov.vf_device
         vf.is_virtfn, vf.physfn, vf.vf_id = True, pf, vf_id
         if vf_id == 0:
@@ -962,7 +970,8 @@ class Enumeration:
             def read_lpc(off: int, size: int) -> int:
                 return rd(seg, busnr, 0xF8, off, size)
 
-            enable_acs(dev.read, dev.write, read_lpc=read_lpc)
+            program_acs(dev.read, dev.write, vendor=dev.vendor, device=dev.device,
+                        pcie_type=dev.pcie_type if dev.is_pcie else None, acs_pos=dev.acs_cap, read_lpc=read_lpc)
 
     # ------------------------------------------------------------------ drivers
     def enable_device(self, dev: PciDev, mem_only: bool = False) -> bool:
@@ -993,9 +1002,11 @@ class Enumeration:
         if up is not None:
             self._enable_bridge(up)
         cmd = old = dev.read(regs.COMMAND, 2)
-        for i, r in enumerate(dev.resources):
-            if PCI_ROM_RESOURCE < i < PCI_BRIDGE_RESOURCES or not r.flags & flags:
-                continue                # SR-IOV BARs are enabled by VF MSE, not here
+        res = dev.resources
+        for i in _ENABLE_SLOTS:         # SR-IOV BARs are enabled by VF MSE, not here
+            r = res[i]
+            if not r.flags & flags:
+                continue
             if not r.flags & (IORESOURCE_IO | IORESOURCE_MEM) or is_optional(dev, i):
                 continue
             if i < PCI_BRIDGE_RESOURCES and (r.flags & IORESOURCE_UNSET or r.parent is None):
