@@ -62,6 +62,13 @@ KNOWN: tuple[Known, ...] = (
           "page that differs, before a later page faults",
           "iommufd/mock.py _access_pages() looks up the whole uptr range first (EFAULT wins)",
           lambda s, d, m, k: _errnos(d, "test.access_pages", "EFAULT", "EBADE"), stateless=True),
+    Known("gup-range-wraps",
+          "a user range that wraps past 2^64 looked up by get_user_pages_fast() (IOMMU_TEST_OP_ACCESS_PAGES "
+          "with uptr 0xfffffffffffff000)",
+          "mm/gup.c gup_fast_fallback(): check_add_overflow(start, len) -> EOVERFLOW, before the TASK_SIZE "
+          "check (EFAULT)",
+          "iommufd/mock.py _gup_frames() -> memory/process.py pin_pages(): EFAULT",
+          lambda s, d, m, k: _errnos(d, "test.access_pages", "EFAULT", "EOVERFLOW"), stateless=True),
     Known("dirty-bitmap-page-size",
           "IOMMU_HWPT_GET_DIRTY_BITMAP with a page_size that is not a power of two",
           "iova_bitmap.c iova_bitmap_alloc() takes pgshift = __ffs(page_size); the mask checks of "
