@@ -23,16 +23,27 @@ rigs: apt $(STAMP)
 demo: apt $(STAMP)
 	$(VENV)/bin/vfiolab demo
 
-test: rigs
-	$(PY) -m pytest -n 2 --dist loadfile -q tests --ignore=tests/interop/kernel
+# Every test, real peers included.  The random differential run against Linux gets a fresh seed each time
+# (printed; `vfiolab diff --random 1 --seed S --index K --length L` replays one sequence).
+test: rigs kernel-rig
+	VFIOLAB_DIFF_SEED=$${VFIOLAB_DIFF_SEED:-$$(date +%s)} $(PY) -m pytest -n 2 --dist loadfile -q tests
 
-# Linux 7.2 with IOMMUFD_TEST running its own iommufd selftests (docs/kernel-rig.md); 10+ min cold, so not in rigs.
-.PHONY: kernel-rig kernel-test
+# Linux 7.2 with IOMMUFD_TEST (its own iommufd selftests, docs/kernel-rig.md) and a Debian guest root with
+# python3 for the differential runner (docs/oracle.md): 10-20 minutes cold, instant when cached.
+.PHONY: kernel-rig kernel-test oracle
 kernel-rig: apt $(STAMP)
 	@bash rig/kernel/build.sh
+	@bash rig/kernel-rootfs.sh > /dev/null
 
 kernel-test: kernel-rig
 	$(PY) -m pytest -q tests/interop/kernel
+
+# A longer differential run than the one in `make test`: ORACLE_N sequences of ORACLE_LEN calls.
+ORACLE_N    ?= 1000
+ORACLE_LEN  ?= 40
+ORACLE_SEED ?= $(shell date +%s)
+oracle: kernel-rig
+	$(VENV)/bin/vfiolab diff --corpus --random $(ORACLE_N) --seed $(ORACLE_SEED) --length $(ORACLE_LEN)
 
 bench: $(STAMP)
 	@mkdir -p bench/out

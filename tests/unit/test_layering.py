@@ -24,6 +24,7 @@ FORBIDDEN: dict[str, set[str]] = {
     "vfio_user": {"cli", "scenarios"},
     "platform": {"cli"},
     "scenarios": {"cli"},
+    "difftest": {"cli", "vfio", "vfio_user", "devices", "scenarios"},
 }
 
 
