@@ -313,9 +313,33 @@ HW_INFO_OPS[MockDriver.name] = _mock_hw_info
 # ---------------------------------------------------------------------- helpers
 def _gup_frames(process: UserProcess, va: int, npages: int) -> np.ndarray:
     """get_user_pages_fast(va, npages, 0): the frames (faulted in; EFAULT when unmapped)."""
+    va &= ~(PAGE_SIZE - 1)  # mm/gup.c gup_fast_fallback(): the start is rounded down to its page
     frames = process.pin_pages(va, npages * PAGE_SIZE, write=False)
     process.unpin_pages(frames)
     return frames
+
+
+def _gup_each(process: UserProcess, va: int, npages: int) -> tuple[np.ndarray, UapiError | None]:
+    """get_user_pages_fast(va + k * PAGE_SIZE, 1, 0) for k = 0, 1, ... as selftest.c's checks call it, page
+    by page: the frames of the pages before the first that fails, and that failure (None if none fails)."""
+    try:
+        return _gup_frames(process, va, npages), None
+    except UapiError:
+        pass
+    good, bad = 0, npages  # the first `good` pages look up together, the first `bad` do not
+    while bad - good > 1:  # a failing lookup faults nothing in, so probing has no side effect
+        mid = (good + bad) // 2
+        try:
+            _gup_frames(process, va, mid)
+            good = mid
+        except UapiError:
+            bad = mid
+    frames = _gup_frames(process, va, good) if good else np.empty(0, dtype=np.int64)
+    try:
+        _gup_frames(process, (va & ~(PAGE_SIZE - 1)) + good * PAGE_SIZE, 1)
+    except UapiError as e:
+        return frames, e
+    raise AssertionError("page lookups disagree")  # pragma: no cover
 
 
 def _compound(process: UserProcess, va: int) -> bool:
@@ -401,14 +425,19 @@ def _md_check_map(ictx: Iommufd, hwpt_id: int, iova: int, length: int, uptr: int
         return
     first = uptr & ~(PAGE_SIZE - 1)
     last = (uptr + length - 1) & ~(PAGE_SIZE - 1)
-    frames = _gup_frames(proc, first, (last - first) // PAGE_SIZE + 1)
+    # selftest.c iommufd_test_md_check_pa(): looks each user page up and compares it in turn, so a
+    # mismatch before the first page that fails to look up is EINVAL, and that page's error comes after
+    frames, err = _gup_each(proc, first, (last - first) // PAGE_SIZE + 1)
     offs = np.arange(n, dtype=np.int64) * page_size
     vas = uptr + offs
-    want = frames[(vas - first) // PAGE_SIZE] * PAGE_SIZE + vas % PAGE_SIZE
-    for k in range(n):
+    n_ok = int(np.count_nonzero((vas - first) // PAGE_SIZE < len(frames)))
+    want = frames[(vas[:n_ok] - first) // PAGE_SIZE] * PAGE_SIZE + vas[:n_ok] % PAGE_SIZE
+    for k in range(n_ok):
         if dom.iova_to_phys(iova + int(offs[k])) != int(want[k]):
             raise UapiError(errno.EINVAL,
                             f"iova {iova + int(offs[k]):#x} does not map user va {int(vas[k]):#x}")
+    if err is not None:
+        raise err
 
 
 def _md_check_refs(ictx: Iommufd, uptr: int, length: int, refs: int) -> None:
@@ -417,12 +446,16 @@ def _md_check_refs(ictx: Iommufd, uptr: int, length: int, refs: int) -> None:
     if not length:
         return
     proc = ictx.current.process
-    frames = _gup_frames(proc, uptr, length // PAGE_SIZE)
+    # selftest.c iommufd_test_md_check_refs(): page by page, so a wrong count before the first page that
+    # fails to look up is EIO, and that page's error comes after
+    frames, err = _gup_each(proc, uptr, length // PAGE_SIZE)
     pins = proc.mem.pincount[frames]
     for k in range(len(frames)):
         if int(pins[k]) != refs and not _compound(proc, uptr + k * PAGE_SIZE):
             raise UapiError(errno.EIO,
                             f"page {uptr + k * PAGE_SIZE:#x} has {int(pins[k])} pins, expected {refs}")
+    if err is not None:
+        raise err
 
 
 def _create_access(ucmd: Ucmd, m: dict[str, int]) -> None:
@@ -463,10 +496,13 @@ def _access_pages(ucmd: Ucmd, m: dict[str, int]) -> None:
     fail_point("iommufd_test_access_pages: kvzalloc(pages)")
     frames = access.pin_pages(iova, length, flags & uapi.MOCK_FLAGS_ACCESS_WRITE)
     try:
-        if uptr:  # iommufd_test_check_pages()
-            user = _gup_frames(ictx.current.process, uptr - (iova - (iova & ~(PAGE_SIZE - 1))), npages)
-            if not np.array_equal(user, frames[:npages]):
+        if uptr:  # iommufd_test_check_pages(): page by page, EBADE before a later page's lookup error
+            user, err = _gup_each(ictx.current.process,
+                                  (uptr - (iova - (iova & ~(PAGE_SIZE - 1)))) & ULONG_MAX, npages)
+            if not np.array_equal(user, frames[:len(user)]):
                 raise UapiError(errno.EBADE, "pinned pages differ from the user pages")
+            if err is not None:
+                raise err
         fail_point("iommufd_test_access_pages: kzalloc(struct selftest_access_item)")
     except UapiError:
         access.unpin_pages(iova, length)
