@@ -312,8 +312,13 @@ HW_INFO_OPS[MockDriver.name] = _mock_hw_info
 
 # ---------------------------------------------------------------------- helpers
 def _gup_frames(process: UserProcess, va: int, npages: int) -> np.ndarray:
-    """get_user_pages_fast(va, npages, 0): the frames (faulted in; EFAULT when unmapped)."""
-    va &= ~(PAGE_SIZE - 1)  # mm/gup.c gup_fast_fallback(): the start is rounded down to its page
+    """get_user_pages_fast(va, npages, 0): the frames (faulted in; EFAULT when unmapped, EOVERFLOW when the
+    page range wraps)."""
+    # mm/gup.c gup_fast_fallback(): the start is rounded down to its page, and a page range that wraps
+    # past 2^64 is EOVERFLOW before the TASK_SIZE check (EFAULT)
+    va &= ~(PAGE_SIZE - 1)
+    if va + npages * PAGE_SIZE > ULONG_MAX:
+        raise UapiError(errno.EOVERFLOW, f"user pages [{va:#x}, +{npages} pages) wrap past 2^64")
     frames = process.pin_pages(va, npages * PAGE_SIZE, write=False)
     process.unpin_pages(frames)
     return frames
