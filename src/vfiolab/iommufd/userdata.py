@@ -3,8 +3,8 @@ copy helpers IOMMU drivers use on it (``include/linux/iommu.h`` iommu_copy_struc
 iommu_copy_struct_from_user_array, iommu_copy_struct_from_full_user_array, iommu_copy_struct_to_user).
 
 The type must match the driver's (EINVAL); a length outside [offsetofend(first version's last member),
-sizeof] is EINVAL; the byte copies follow copy_struct_from_user()/copy_struct_to_user() (zero-extend a
-short struct, E2BIG for non-zero bytes past what the other side knows, EFAULT).
+sizeof] is EINVAL; the byte copies follow copy_struct_from_user() (zero-extend a short struct, E2BIG for
+non-zero bytes past what the kernel knows, EFAULT) and copy_struct_to_user() (copy what fits, EFAULT).
 """
 
 from __future__ import annotations
@@ -68,15 +68,14 @@ def copy_full_user_array(ictx: Iommufd, st: CStruct, array: UserData, data_type:
 def copy_user_data_to_user(ictx: Iommufd, ud: UserData, st: CStruct, values: dict[str, int], data_type: int,
                            min_last: str) -> None:
     """iommu_copy_struct_to_user(): EINVAL for another type or a user length outside
-    [offsetofend(min_last), sizeof]; bytes the user struct has no room for must be zero (E2BIG)."""
+    [offsetofend(min_last), sizeof]; a shorter user struct gets the bytes that fit."""
     if ud.type != data_type:
         raise UapiError(errno.EINVAL, f"data type {ud.type:#x}, expected {data_type:#x}")
     if ud.len < st.offsetofend(min_last) or st.size < ud.len:
         raise UapiError(errno.EINVAL, f"data length {ud.len} outside [{st.offsetofend(min_last)}, {st.size}]")
-    raw = st.pack(values)
-    if any(raw[ud.len:]):  # copy_struct_to_user() with no ignored_trailing
-        raise UapiError(errno.E2BIG, "the user struct is too short for the data")
-    ictx.copy_to_user(ud.uptr, raw[:ud.len])
+    # include/linux/iommu.h __iommu_copy_struct_to_user() passes no ignored_trailing to
+    # include/linux/uaccess.h copy_struct_to_user(): what does not fit is dropped without an error
+    ictx.copy_to_user(ud.uptr, st.pack(values)[:ud.len])
 
 
 __all__ = ["UserData", "copy_full_user_array", "copy_user_data", "copy_user_data_to_user"]
