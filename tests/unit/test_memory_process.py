@@ -73,6 +73,28 @@ def test_pin_unmapped_efault_all_or_nothing(mem: PhysMemory) -> None:
     assert e.value.errno == errno.EFAULT
 
 
+def test_partial_write_stops_at_the_fault(mem: PhysMemory) -> None:
+    """copy_to_user(): the bytes before the first unwritable page are stored, then EFAULT; a plain write
+    is all or nothing, and a range past TASK_SIZE fails access_ok() with nothing stored."""
+    p = UserProcess(mem)
+    va = p.mmap(4 * PAGE_SIZE)
+    p.mprotect(va + 2 * PAGE_SIZE, PAGE_SIZE, PROT_READ)
+    data = bytes(range(256)) * (3 * PAGE_SIZE // 256)
+    with pytest.raises(UapiError) as e:
+        p.write(va + 100, data)
+    assert e.value.errno == errno.EFAULT and p.read(va, 3 * PAGE_SIZE) == bytes(3 * PAGE_SIZE)
+    with pytest.raises(UapiError) as e:
+        p.write(va + 100, data, partial=True)
+    assert e.value.errno == errno.EFAULT
+    assert p.read(va, 3 * PAGE_SIZE) == bytes(100) + data[:2 * PAGE_SIZE - 100] + bytes(PAGE_SIZE)
+    top = p.mmap(PAGE_SIZE, flags=MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, addr=(1 << 47) - PAGE_SIZE)
+    with pytest.raises(UapiError):
+        p.write(top, bytes(2 * PAGE_SIZE), partial=True)
+    assert p.read(top, PAGE_SIZE) == bytes(PAGE_SIZE)
+    p.write(top, b"\1" * PAGE_SIZE, partial=True)
+    assert p.read(top, 1) == b"\1"
+
+
 def test_mprotect_splits_and_enomem(mem: PhysMemory) -> None:
     p = UserProcess(mem)
     va = p.mmap(4 * PAGE_SIZE)

@@ -169,9 +169,9 @@ class Iommufd:
         return self.current.process.read(addr, n)
 
     def copy_to_user(self, addr: int, data: bytes | bytearray | memoryview) -> None:
-        """copy_to_user() into the calling process (EFAULT)."""
+        """copy_to_user() into the calling process (EFAULT, with the bytes before the fault stored)."""
         if len(data):
-            self.current.process.write(addr, data)
+            self.current.process.write(addr, data, partial=True)
 
     @property
     def test(self) -> SelftestOps:

@@ -341,13 +341,36 @@ class UserProcess:
             out += self.mem.read(pa, k)
         return bytes(out)
 
-    def write(self, va: int, data: bytes | bytearray | memoryview) -> None:
-        """copy_to_user(): EFAULT on an unmapped or read-only byte."""
+    def write(self, va: int, data: bytes | bytearray | memoryview, *, partial: bool = False) -> None:
+        """copy_to_user(): EFAULT on an unmapped or read-only byte; all or nothing, or with ``partial`` as
+        the kernel's copy_to_user() does it: the bytes before the first page that faults are stored."""
         mv = memoryview(data).cast("B")
+        try:
+            spans = self._spans(va, len(mv), True)
+        except UapiError:
+            # include/linux/uaccess.h copy_to_user(): access_ok() on the whole range, then the copy stops
+            # at the fault (arch/x86 copy_user_generic) with the bytes before it stored
+            if partial and 0 <= va and va + len(mv) <= _TASK_SIZE:
+                done = self._writable(va, len(mv))
+                if done:
+                    self.write(va, mv[:done])
+            raise
         pos = 0
-        for pa, k in self._spans(va, len(mv), True):
+        for pa, k in spans:
             self.mem.write(pa, mv[pos:pos + k])
             pos += k
+
+    def _writable(self, va: int, n: int) -> int:
+        """Bytes of [va, va+n) before the first hole or VMA without PROT_WRITE."""
+        pos = va
+        i = bisect.bisect_right(self.vmas, va, key=lambda v: v.start) - 1
+        for vma in self.vmas[max(i, 0):]:
+            if vma.end <= pos:
+                continue
+            if vma.start > pos or not vma.prot & PROT_WRITE or pos >= va + n:
+                break
+            pos = vma.end
+        return min(pos, va + n) - va
 
     def _spans(self, va: int, n: int, write: bool) -> list[tuple[int, int]]:
         """Physically contiguous (pa, length) pieces of [va, va+n), after the access checks."""
