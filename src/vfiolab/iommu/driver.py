@@ -692,10 +692,11 @@ class MockDriver(IommuDriver):
         return PagingDomain(self, AmdV1Mock(), unit.mem, flags=flags,
                             aperture=(MOCK_APERTURE_START, MOCK_APERTURE_LAST))
 
-    def paging_compatible(self, domain: PagingDomain, dev: IommuDevice) -> None:
-        """mock_domain_nop_attach(): EINVAL for a dirty-tracking domain on a NO_DIRTY device."""
-        super().paging_compatible(domain, dev)
-        if domain.dirty_ops and dev.no_dirty:
+    def check_attach(self, domain: IommuDomain, dev: IommuDevice) -> None:
+        """mock_domain_nop_attach(): EINVAL for a dirty-tracking domain on a NO_DIRTY device; only the
+        attached domain's own dirty_ops count (selftest.c: a nested domain has none, whatever its parent)."""
+        super().check_attach(domain, dev)
+        if isinstance(domain, PagingDomain) and domain.dirty_ops and dev.no_dirty:
             raise UapiError(errno.EINVAL, f"{dev.name} cannot do dirty tracking")
 
     def domain_alloc_nested(self, dev: IommuDevice, parent: IommuDomain, flags: int, data_type: str,
