@@ -348,6 +348,7 @@ class Scanner:
                 dev.subsystem_vendor = dev.read(regs.SUBSYSTEM_VENDOR_ID, 2)
                 dev.subsystem_device = dev.read(regs.SUBSYSTEM_ID, 2)
         elif dev.hdr_type == regs.HEADER_TYPE_BRIDGE:
+            dev.use_window_resources()
             self._read_irq(dev)
             dev.transparent = (dev.class_ & 0xFF) == 1
             self._read_bases(dev, 2, regs.ROM_ADDRESS1)
@@ -675,6 +676,7 @@ class Scanner:
         pgsz &= -pgsz
         dev.write(pos + SRIOV_SYS_PGSIZE, 4, pgsz)
         iov = SriovInfo(pos)
+        dev.use_iov_resources()
         sizes = self._size_bars(dev, PCI_SRIOV_NUM_BARS, pos + SRIOV_BAR, 0xFFFFFFFF)
         nres = 0
         i = 0
