@@ -842,6 +842,9 @@ class IoPagetable:
         per ``page_size``; stops silently at the first gap (the kernel ignores the -EINVAL)."""
         if not getattr(domain, "dirty_ops", False):
             raise UapiError(errno.EOPNOTSUPP, "domain has no dirty tracking ops")
+        # iova_bitmap.c iova_bitmap_alloc(): one bit per 1 << __ffs(page_size), so only the lowest set
+        # bit of a page size that is not a power of two counts
+        page_size &= -page_size
         last_iova = iova + length - 1
         out = []
         it = ContigIter(self, iova, last_iova)
