@@ -168,6 +168,13 @@ def iopf_group_response(group: IopfGroup, code: int) -> None:
     _respond(group, code)
 
 
+def iopf_group_dequeue(group: IopfGroup) -> None:
+    """iopf_group_dequeue(): take the group off its device's pending list; the handler calling it answers
+    the group itself, so iopf_queue_remove_device() no longer does."""
+    if group.dev.iopf is not None and group in group.dev.iopf.pending:
+        group.dev.iopf.pending.remove(group)
+
+
 def _respond(group: IopfGroup, code: int) -> None:
     group.answered = True
     if group.dev.iopf is not None and group in group.dev.iopf.pending:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from vfiolab.errors import UapiError
 from vfiolab.faultinject import fail_point
-from vfiolab.iommu.pri import IOMMU_PAGE_RESP_INVALID, IopfGroup, iopf_group_response
+from vfiolab.iommu.pri import IOMMU_PAGE_RESP_INVALID, IopfGroup, iopf_group_dequeue, iopf_group_response
 from vfiolab.iommufd.objects import IommufdObject, ObjType
 from vfiolab.iommufd.uapi import iommu_hwpt_page_response, iommu_hwpt_pgfault
 
@@ -76,7 +76,9 @@ class IommufdFault(IommufdObject):
         domain.iopf_handler = self.iopf_handler
 
     def iopf_handler(self, group: IopfGroup) -> None:
-        """iommufd_fault_iopf_handler(): queue the group for read()."""
+        """iommufd_fault_iopf_handler(): take the group off the device's pending list (iommufd answers it,
+        eventq.c) and queue it for read()."""
+        iopf_group_dequeue(group)
         self.deliver.append(group)
 
     def auto_response(self, handle: object) -> None:
