@@ -26,7 +26,6 @@ from vfiolab.iommufd.pages import (
     alloc_user_pages,
 )
 from vfiolab.iommufd.uapi import ULONG_MAX
-from vfiolab.memory import MemFile
 
 if TYPE_CHECKING:
     from vfiolab.iommufd.hw_pagetable import HwptPaging
@@ -195,9 +194,7 @@ def ioas_map_file(ucmd: Ucmd) -> int:
     dmabuf_pages = getattr(file, "iommufd_pages", None)
     if dmabuf_pages is not None:  # a dma-buf exporter (the selftest's) supplies its own pages
         pages, start_byte = dmabuf_pages(ictx, start, length, bool(prot & IOMMU_WRITE))
-    else:
-        if not isinstance(file, MemFile):
-            raise UapiError(errno.EINVAL, "only memfd (shmem/hugetlbfs) files can be pinned")
+    else:  # any file: memfd_pin_folios() refuses one that is not a memfd only when pages get pinned
         pages, start_byte = alloc_file_pages(ictx.current, file, start, length, bool(prot & IOMMU_WRITE))
     cmd["iova"] = ioas.iopt.map_common(pages, start_byte, length, cmd["iova"], prot, flags,
                                        ictx.account_mode == IOPT_PAGES_ACCOUNT_MM)

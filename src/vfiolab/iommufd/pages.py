@@ -25,7 +25,7 @@ import numpy.typing as npt
 
 from vfiolab.errors import UapiError
 from vfiolab.faultinject import armed, fail_point
-from vfiolab.iommufd.task import Task
+from vfiolab.iommufd.task import Task, fput, get_file
 from vfiolab.memory import PAGE_SIZE, PROT_WRITE, MemFile, PhysMemory, UserProcess
 from vfiolab.memory.phys import FRAME_SHIFT, frame_run
 
@@ -174,7 +174,7 @@ class IoptPages:
     """struct iopt_pages: the PFN provider shared by every area (in any IOAS) that maps it."""
 
     def __init__(self, task: Task, kind: AddressType, start_byte: int, length: int, writable: bool, *,
-                 uptr: int = 0, file: MemFile | None = None, start: int = 0) -> None:
+                 uptr: int = 0, file: object | None = None, start: int = 0) -> None:
         # pages.c iopt_alloc_pages()
         if length > SIZE_MAX - PAGE_SIZE or length == 0:
             raise UapiError(errno.EINVAL, f"bad length {length:#x}")
@@ -188,6 +188,7 @@ class IoptPages:
         self.uptr = uptr
         """IOPT_ADDRESS_USER: page-aligned start VA."""
         self.file = file
+        """IOPT_ADDRESS_FILE: the file (any open file; only a memfd's pages can be pinned)."""
         self.start = start
         """IOPT_ADDRESS_FILE: page-aligned start offset in the file."""
         self.refs = 1
@@ -230,6 +231,9 @@ class IoptPages:
         if self.refs == 0 and self.dmabuf is not None:
             self.dmabuf.detach(self)
             self.dmabuf = None
+        if self.refs == 0 and self.file is not None:  # pages.c iopt_release_pages(): fput(pages->file)
+            fput(self.file)
+            self.file = None
 
     # ------------------------------------------------------------------ dma-buf (MMIO) PFNs
     def dmabuf_frames(self, first: int, last: int) -> I64:
@@ -256,8 +260,10 @@ class IoptPages:
         return pin_user(task.process, self.uptr + first * PAGE_SIZE, n * PAGE_SIZE, self.writable)
 
     def _pin_file(self, first: int, n: int) -> I64:
-        # mm/gup.c memfd_pin_folios(): EINVAL past i_size; page-cache holes are allocated
-        assert self.file is not None
+        # mm/gup.c memfd_pin_folios(): EINVAL for a file that is not shmem or hugetlbfs and past i_size;
+        # page-cache holes are allocated
+        if not isinstance(self.file, MemFile):
+            raise UapiError(errno.EINVAL, "memfd pin of a file that is not a memfd (shmem/hugetlbfs)")
         start = self.start + first * PAGE_SIZE
         end = start + n * PAGE_SIZE - 1
         if end >= self.file.size:
@@ -550,12 +556,14 @@ def alloc_user_pages(task: Task, uptr: int, length: int, writable: bool) -> tupl
     return pages, uptr - down
 
 
-def alloc_file_pages(task: Task, file: MemFile, start: int, length: int,
+def alloc_file_pages(task: Task, file: object, start: int, length: int,
                      writable: bool) -> tuple[IoptPages, int]:
-    """iopt_alloc_file_pages(): pages for file bytes [start, start+length)."""
+    """iopt_alloc_file_pages(): pages for bytes [start, start+length) of any file, which they keep open
+    (get_file()); whether its pages can be pinned is found out when a domain or access needs them."""
     start_byte = start % PAGE_SIZE
     _check_length(length)
     fail_point(_KZALLOC_PAGES)
     pages = IoptPages(task, AddressType.FILE, start_byte, length, writable, file=file,
                       start=start - start_byte)
+    get_file(file)
     return pages, start_byte

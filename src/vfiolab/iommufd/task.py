@@ -99,11 +99,9 @@ class Task:
             raise UapiError(errno.EBADF, f"fd {fd} is not open") from None
 
     def close(self, fd: int) -> None:
-        """close(2) that also releases the file (its ``release()`` hook, the last fput)."""
-        obj = self.close_fd(fd)
-        release = getattr(obj, "release", None)
-        if release is not None:
-            release()
+        """close(2) that also releases the file (its ``release()`` hook) when this was its last
+        reference (:func:`fput`)."""
+        fput(self.close_fd(fd))
 
     # ------------------------------------------------------------------ accounting (mm/util.c)
     def account_locked_vm(self, npages: int, inc: bool) -> None:
@@ -133,3 +131,20 @@ class Task:
         """do_exit(): the address space goes away; pages pinned by iommufd stay pinned."""
         self.alive = False
         self.process.close()
+
+
+def get_file(file: object) -> None:
+    """get_file(): one more reference on an open file besides its descriptor (e.g. iopt_alloc_file_pages()
+    keeps the file it maps), so closing the descriptor no longer releases it."""
+    setattr(file, "_f_extra_refs", getattr(file, "_f_extra_refs", 0) + 1)  # noqa: B010
+
+
+def fput(file: object) -> None:
+    """fput(): drop one reference; the last one runs the file's ``release()`` hook."""
+    extra = getattr(file, "_f_extra_refs", 0)
+    if extra:
+        setattr(file, "_f_extra_refs", extra - 1)  # noqa: B010
+        return
+    release = getattr(file, "release", None)
+    if release is not None:
+        release()
