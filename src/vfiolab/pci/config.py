@@ -9,6 +9,7 @@ hook: the RW mask alone makes "write all ones, read the mask" work, as in hardwa
 from __future__ import annotations
 
 import sys
+import weakref
 from array import array
 from collections.abc import Callable
 from typing import Final, Protocol
@@ -68,6 +69,21 @@ def _word_views(data: bytearray) -> tuple[_Words, _Words]:
     return _LeWords(data, 2), _LeWords(data, 4)
 
 
+class _AttrSet:
+    """Write attributes of a whole config space, shared by every space built with the same ones (a machine
+    has thousands of functions but a handful of kinds): one copy in memory and in the CPU caches."""
+
+    __slots__ = ("__weakref__", "fields")
+
+    def __init__(self, fields: tuple[bytearray, bytearray, bytearray, bytearray, bytearray,
+                                     array[int], array[int], array[int], array[int], bytearray]) -> None:
+        self.fields = fields
+
+
+_ATTR_SETS: weakref.WeakValueDictionary[bytes, _AttrSet] = weakref.WeakValueDictionary()
+"""Attribute sets in use, by their bytes (rw, w1c, w1s, hwinit, sticky)."""
+
+
 class ConfigAccessError(ValueError):
     """A config access with a bad size, alignment or offset (Linux: PCIBIOS_BAD_REGISTER_NUMBER)."""
 
@@ -77,6 +93,8 @@ class ConfigSpace:
 
     __slots__ = (
         "_armed32",
+        "_armed_own",
+        "_attrs",
         "_data",
         "_defaults",
         "_hwinit32",
@@ -108,6 +126,9 @@ class ConfigSpace:
         self.w1s = bytearray(size)
         self.hwinit = bytearray(size)
         self.sticky = bytearray(size)
+        # After seal() the attribute arrays (these five and the dword words below) may be shared with
+        # other config spaces (_attrs set): set_attrs() copies them first.  Read them, never change them.
+        self._attrs: _AttrSet | None = None
         # The write path works on dword-wide attribute words (one lookup per access instead of
         # five byte-slice conversions); _special flags dwords with any RW1C/RW1S/armed-HwInit bit.
         # They are arrays, not lists: the cyclic GC never walks their 1024 entries (with ten thousand
@@ -120,6 +141,9 @@ class ConfigSpace:
         self._special = bytearray(n)
         self._hwinit32 = _zero_words(n)     # what a fundamental reset re-arms
         self._special_reset = bytearray(n)  # _special right after a fundamental reset
+        # The HwInit state is the reset one (_armed32 is _hwinit32, _special is _special_reset) until a
+        # write consumes an armed field: only then does this space get copies of its own.
+        self._armed_own = True
         self._defaults: bytes | None = None
         self._write_hooks: dict[int, list[WriteHook]] = {}
         self._read_hooks: dict[int, ReadHook] = {}
@@ -147,6 +171,7 @@ class ConfigSpace:
     def set_attrs(self, off: int, size: int, *, rw: int = 0, w1c: int = 0, w1s: int = 0,
                   hwinit: int = 0, sticky: int = 0) -> None:
         """Declare the write attributes of a register's bits (bits not named are RO)."""
+        self._own_attrs()
         for mask, arr in ((rw, self.rw), (w1c, self.w1c), (w1s, self.w1s), (hwinit, self.hwinit),
                           (sticky, self.sticky)):
             arr[off:off + size] = mask.to_bytes(size, "little")
@@ -163,6 +188,38 @@ class ConfigSpace:
             self._armed32[dwi] = (self._armed32[dwi] & ~region) | (hw & region)
             self._update_special(dwi)
             self._special_reset[dwi] = 1 if (self._w1c32[dwi] | self._w1s32[dwi] | hw) else 0
+
+    def _own_attrs(self) -> None:
+        """Give this space its own attribute arrays (and HwInit state) before they change."""
+        self._own_armed()
+        if self._attrs is None:
+            return
+        self.rw, self.w1c, self.w1s = bytearray(self.rw), bytearray(self.w1c), bytearray(self.w1s)
+        self.hwinit, self.sticky = bytearray(self.hwinit), bytearray(self.sticky)
+        self._rw32, self._w1c32, self._w1s32 = self._rw32[:], self._w1c32[:], self._w1s32[:]
+        self._hwinit32, self._special_reset = self._hwinit32[:], bytearray(self._special_reset)
+        self._attrs = None
+
+    def _own_armed(self) -> None:
+        if not self._armed_own:
+            self._armed32, self._special = self._armed32[:], bytearray(self._special)
+            self._armed_own = True
+
+    def _share_attrs(self) -> None:
+        """Use the machine-wide copy of this space's attribute arrays (made from these if it is the first)."""
+        if self._attrs is not None:
+            return
+        fields = (self.rw, self.w1c, self.w1s, self.hwinit, self.sticky,
+                  self._rw32, self._w1c32, self._w1s32, self._hwinit32, self._special_reset)
+        key = b"".join(fields[:5])
+        attrs = _ATTR_SETS.get(key)
+        if attrs is None:
+            attrs = _ATTR_SETS[key] = _AttrSet(fields)
+        (self.rw, self.w1c, self.w1s, self.hwinit, self.sticky,
+         self._rw32, self._w1c32, self._w1s32, self._hwinit32, self._special_reset) = attrs.fields
+        self._attrs = attrs
+        if not self._armed_own:
+            self._armed32, self._special = self._hwinit32, self._special_reset
 
     def _update_special(self, dwi: int) -> None:
         self._special[dwi] = 1 if (self._w1c32[dwi] | self._w1s32[dwi] | self._armed32[dwi]) else 0
@@ -185,6 +242,10 @@ class ConfigSpace:
     def seal(self) -> None:
         """Record the current bytes as the reset values (call once the function is built)."""
         self._defaults = bytes(self._data)
+        self._share_attrs()
+        if self._armed32 == self._hwinit32 and self._special == self._special_reset:
+            self._armed32, self._special = self._hwinit32, self._special_reset
+            self._armed_own = False
 
     def reset(self, kind: str = RESET_FLR) -> None:
         """Return to reset values; sticky bits survive all but a fundamental reset."""
@@ -192,8 +253,8 @@ class ConfigSpace:
             return
         if kind == RESET_FUNDAMENTAL:
             self._data[:] = self._defaults
-            self._armed32[:] = self._hwinit32
-            self._special[:] = self._special_reset
+            self._armed32, self._special = self._hwinit32, self._special_reset
+            self._armed_own = False
             return
         # Keep sticky bits, restore everything else.  Done on the whole space at once as ints.
         n = self.size
@@ -241,8 +302,7 @@ class ConfigSpace:
             value = (value << sh) & m
         w32 = self._w32
         old = w32[dwi]
-        rw = self._rw32[dwi] & m
-        new = (old & ~rw) | (value & rw)
+        new = old ^ ((old ^ value) & self._rw32[dwi] & m)     # RW bits take the value, the rest stay
         if self._special[dwi]:
             new &= ~(value & self._w1c32[dwi])
             new |= value & self._w1s32[dwi]
@@ -250,6 +310,7 @@ class ConfigSpace:
             if armed:
                 # HwInit: firmware may write the field once after reset; later writes are ignored.
                 new = (new & ~armed) | (value & armed)
+                self._own_armed()
                 self._armed32[dwi] &= ~m
                 self._update_special(dwi)
         if new != old:
@@ -263,19 +324,22 @@ class ConfigSpace:
     def clone(self) -> ConfigSpace:
         """A copy at the current state for an identical function (e.g. another VF of the same PF).
 
-        The write-attribute arrays are shared (nothing changes them after build); register bytes and
-        the HwInit state are copied; hooks are not (the clone's capabilities install their own).
+        The write-attribute arrays are shared (copied by whichever space changes them first); register
+        bytes are copied, the HwInit state too unless it is the reset one; hooks are not copied (the
+        clone's capabilities install their own).
         """
+        self._share_attrs()
         cs = ConfigSpace.__new__(ConfigSpace)
         # Every slot (one left out would raise AttributeError on first use, not go wrong silently).
-        cs.size, cs._defaults = self.size, self._defaults
+        cs.size, cs._defaults, cs._attrs = self.size, self._defaults, self._attrs
         cs.rw, cs.w1c, cs.w1s, cs.hwinit, cs.sticky = self.rw, self.w1c, self.w1s, self.hwinit, self.sticky
         cs._rw32, cs._w1c32, cs._w1s32 = self._rw32, self._w1c32, self._w1s32
         cs._hwinit32, cs._special_reset = self._hwinit32, self._special_reset
         cs._data = bytearray(self._data)
         cs._w16, cs._w32 = _word_views(cs._data)
-        cs._armed32 = self._armed32[:]
-        cs._special = bytearray(self._special)
+        cs._armed32, cs._special, cs._armed_own = self._armed32, self._special, False
+        if self._armed_own:
+            cs._own_armed()
         cs._write_hooks, cs._read_hooks = {}, {}
         return cs
 
@@ -283,7 +347,7 @@ class ConfigSpace:
         """The bytes software would read, dword by dword (read hooks applied)."""
         n = self.size if length is None else min(length, self.size)
         if not self._read_hooks:
-            return bytes(self._data[:n])
+            return bytes(self._data) if n == self.size else bytes(memoryview(self._data)[:n])
         out = bytearray(self._data[:n])
         for dwi, hook in self._read_hooks.items():
             base = dwi << 2
