@@ -879,13 +879,12 @@ class Machine:
 
     def _start_drivers(self) -> None:
         e = self.enumeration
-        boot_devices = list(e.devices)
-        for dev in boot_devices:
-            s = self.spec(dev.seg, dev.bus.number, dev.devfn)
+        # Looked up once: enabling devices and VFs changes no boot device's address.
+        boot = [(dev, self.spec(dev.seg, dev.bus.number, dev.devfn)) for dev in e.devices]
+        for dev, s in boot:
             if s is not None and s.driver:
                 e.enable_device(dev)
-        for dev in boot_devices:
-            s = self.spec(dev.seg, dev.bus.number, dev.devfn)
+        for dev, s in boot:
             if s is None or s.sriov is None or not s.sriov.num_vfs:
                 continue
             if dev.sriov is None:

@@ -1130,12 +1130,11 @@ class Enumeration:
     def resource_lines(dev: PciDev) -> list[tuple[int, int, int]]:
         """sysfs ``resource`` (pci-sysfs.c resource_show()): 13 lines, 17 for bridges; unused ones zero,
         bridge windows that are unset or disabled zero too."""
-        lines = []
-        for i, r in enumerate(dev.resources[:PCI_NUM_RESOURCES if dev.subordinate else PCI_BRIDGE_RESOURCES]):
-            if not r.flags or (i >= PCI_BRIDGE_RESOURCES and r.flags & (IORESOURCE_UNSET | IORESOURCE_DISABLED)):
-                lines.append((0, 0, 0))
-            else:
-                lines.append((r.start, r.end, r.flags))
+        res = dev.resources
+        lines = [(r.start, r.end, r.flags) if r.flags else (0, 0, 0) for r in res[:PCI_BRIDGE_RESOURCES]]
+        if dev.subordinate:
+            lines += [(r.start, r.end, r.flags) if r.flags and not r.flags & (IORESOURCE_UNSET | IORESOURCE_DISABLED)
+                      else (0, 0, 0) for r in res[PCI_BRIDGE_RESOURCES:]]
         return lines
 
     def dumps(self) -> list[DumpedFunction]:
@@ -1147,10 +1146,10 @@ class Enumeration:
     def _dumps(self) -> list[DumpedFunction]:
         out = []
         for dev in self.devices:
-            data = self.topology.config_dump(dev.seg, dev.bus.number, dev.devfn)
+            data = self.topology.config_dump(dev.seg, dev.bus.number, dev.devfn, dev.cfg_size)
             if data is None:
                 raise VfiolabError(f"{dev.name} no longer answers configuration reads")
-            out.append(DumpedFunction(dev.seg, dev.bus.number, dev.devfn, data[:dev.cfg_size],
+            out.append(DumpedFunction(dev.seg, dev.bus.number, dev.devfn, data,
                                       resources=self.resource_lines(dev)))
         return out
 

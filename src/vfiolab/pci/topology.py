@@ -282,12 +282,13 @@ class Topology:
         """Config accessors bound to (seg, bus, devfn), as a struct pci_dev's are to its bus and devfn."""
         return ConfigAddress(self, seg, busnr, devfn)
 
-    def config_dump(self, seg: int, busnr: int, devfn: int) -> bytes | None:
-        """Every byte software can read from the function (256 or 4096), as a run of dword reads would."""
+    def config_dump(self, seg: int, busnr: int, devfn: int, length: int | None = None) -> bytes | None:
+        """Every byte software can read from the function (256 or 4096; at most ``length``), as a run of
+        dword reads would."""
         fn = self.find(seg, busnr, devfn)
         if fn is None:
             return None
-        return fn.cs.dump(fn.cfg_limit)
+        return fn.cs.dump(fn.cfg_limit if length is None else min(length, fn.cfg_limit))
 
     # ------------------------------------------------------------------ model side
     def walk(self) -> Iterator[PciFunction]:
