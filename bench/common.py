@@ -11,10 +11,13 @@ from collections.abc import Callable
 OUT_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "out")
 
 
-def best_of(fn: Callable[[], object], repeat: int = 5) -> float:
-    """Smallest wall time of ``repeat`` runs (the least disturbed by a noisy shared machine)."""
+def best_of(fn: Callable[[], object], repeat: int = 5, *, setup: Callable[[], object] | None = None) -> float:
+    """Smallest wall time of ``repeat`` runs (the least disturbed by a noisy shared machine); ``setup`` runs
+    before each run, untimed."""
     best = float("inf")
     for _ in range(repeat):
+        if setup is not None:
+            setup()
         t0 = time.perf_counter()
         fn()
         best = min(best, time.perf_counter() - t0)
