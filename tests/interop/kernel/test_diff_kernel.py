@@ -2,9 +2,10 @@
 calls each run in-process on the model and, in one QEMU boot of the kernel rig's Linux 7.2, on the real
 /dev/iommu (rig/kernel-rootfs.sh, vfiolab.difftest); every call's errno and outputs must agree.
 
-Known divergences (vfiolab.difftest.known: understood, reported in docs/oracle.md, in files owned elsewhere)
-are counted apart; their corpus scenarios are marked xfail and must still diverge (``xpassed`` means a fix
-landed and the mark should go).  VFIOLAB_DIFF_SEED / VFIOLAB_DIFF_COUNT / VFIOLAB_DIFF_LENGTH change the
+The ten divergences the runner found were fixed on the model side; their scenarios stay in the corpus
+(``known-*``) as regressions that must agree like any other.  The table in vfiolab.difftest.known is for a
+newly understood divergence awaiting its fix (counted apart, its scenario marked xfail; it is empty now).
+VFIOLAB_DIFF_SEED / VFIOLAB_DIFF_COUNT / VFIOLAB_DIFF_LENGTH change the
 random part (the seed is printed: `vfiolab diff --random 1 --seed S --index K --length L` replays one).
 """
 
