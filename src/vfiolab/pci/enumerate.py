@@ -395,17 +395,18 @@ class Scanner:
             return 0
         return size
 
-    def _read_base(self, dev: PciDev, res: Resource, pos: int, sizes: list[int], rom: bool) -> int:
-        """__pci_read_base(): decode one BAR (two dwords if 64-bit) into a resource; returns 1 for 64-bit."""
+    def _read_base(self, dev: PciDev, idx: int, pos: int, sizes: list[int], rom_flags: int = 0) -> int:
+        """__pci_read_base(): decode one BAR (two dwords if 64-bit) into resource ``idx``; returns 1 for
+        64-bit.  ``rom_flags``: decode an expansion ROM BAR, the resource starting with these flags."""
         l = dev.read(pos, 4)
         sz = sizes[0]
         if sz == 0xFFFFFFFF:
             sz = 0
         if l == 0xFFFFFFFF:
             l = 0
-        if not rom:
+        if not rom_flags:
             if l & regs.BASE_ADDRESS_SPACE_IO:
-                res.flags = (l & 0x3) | IORESOURCE_IO | IORESOURCE_SIZEALIGN
+                flags = (l & 0x3) | IORESOURCE_IO | IORESOURCE_SIZEALIGN
                 l64, sz64, mask64 = l & ~0x3, sz & ~0x3, 0xFFFC
             else:
                 flags = (l & 0xF) | IORESOURCE_MEM | IORESOURCE_SIZEALIGN
@@ -413,13 +414,13 @@ class Scanner:
                     flags |= IORESOURCE_PREFETCH
                 if (l & 0x6) == regs.BASE_ADDRESS_MEM_TYPE_64:
                     flags |= IORESOURCE_MEM_64
-                res.flags = flags
                 l64, sz64, mask64 = l & ~0xF, sz & ~0xF, 0xFFFFFFF0
         else:
+            flags = rom_flags
             if l & regs.ROM_ADDRESS_ENABLE:
-                res.flags |= IORESOURCE_ROM_ENABLE
+                flags |= IORESOURCE_ROM_ENABLE
             l64, sz64, mask64 = l & ROM_MASK, sz & ROM_MASK, ROM_MASK
-        if res.flags & IORESOURCE_MEM_64:
+        if flags & IORESOURCE_MEM_64:
             hi = dev.read(pos + 4, 4)
             l64 |= hi << 32
             sz64 |= sizes[1] << 32
@@ -427,10 +428,13 @@ class Scanner:
         if sz64:
             sz64 = self._pci_size(l64, sz64, mask64)
         if not sz64:
-            res.flags = 0
+            res = dev.resources[idx]
+            if res.flags:
+                res.flags = 0
             return 0
-        res.start, res.end = l64, l64 + sz64 - 1
-        return 1 if res.flags & IORESOURCE_MEM_64 else 0
+        res = dev.own_resource(idx)
+        res.flags, res.start, res.end = flags, l64, l64 + sz64 - 1
+        return 1 if flags & IORESOURCE_MEM_64 else 0
 
     def _read_bases(self, dev: PciDev, howmany: int, rom: int) -> None:
         """pci_read_bases(): decode disabled around the sizing writes, then decode each BAR."""
@@ -446,13 +450,12 @@ class Scanner:
             dev.write(regs.COMMAND, 2, orig_cmd)
         pos = 0
         while pos < howmany:
-            pos += self._read_base(dev, dev.resources[pos], regs.BASE_ADDRESS_0 + 4 * pos, sizes[pos:], False)
+            pos += self._read_base(dev, pos, regs.BASE_ADDRESS_0 + 4 * pos, sizes[pos:])
             pos += 1
         if rom:
             dev.rom_base_reg = rom
-            res = dev.resources[PCI_ROM_RESOURCE]
-            res.flags = IORESOURCE_MEM | IORESOURCE_PREFETCH | IORESOURCE_READONLY | IORESOURCE_SIZEALIGN
-            self._read_base(dev, res, rom, romsz, True)
+            self._read_base(dev, PCI_ROM_RESOURCE, rom, romsz,
+                            IORESOURCE_MEM | IORESOURCE_PREFETCH | IORESOURCE_READONLY | IORESOURCE_SIZEALIGN)
 
     # ------------------------------------------------------------------ bridge windows
     def _read_bridge_windows(self, br: PciDev) -> None:
@@ -681,8 +684,8 @@ class Scanner:
         nres = 0
         i = 0
         while i < PCI_SRIOV_NUM_BARS:
+            bar64 = self._read_base(dev, PCI_IOV_RESOURCES + i, pos + SRIOV_BAR + 4 * i, sizes[i:])
             res = dev.resources[PCI_IOV_RESOURCES + i]
-            bar64 = self._read_base(dev, res, pos + SRIOV_BAR + 4 * i, sizes[i:], False)
             if res.flags:
                 if res.size & (PAGE_SIZE - 1):
                     for j in range(PCI_SRIOV_NUM_BARS):
@@ -895,7 +898,7 @@ class Scanner:
             if res.parent is None:
                 continue
             size = iov.barsz[i]
-            r = vf.resources[i]
+            r = vf.own_resource(i)
             r.flags = res.flags
             r.set_range(res.start + size * vf_id, size)
             Allocator.insert(res, r)

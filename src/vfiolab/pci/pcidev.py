@@ -86,9 +86,10 @@ class Resource:
 
 
 class _UnusedResource(Resource):
-    """The resource slots a device has no use for (SR-IOV BARs without an SR-IOV capability, bridge windows
-    of a type 0 function): zero, shared by every such slot and never changed, so a device costs 7 resource
-    objects instead of 17 (Linux's struct pci_dev embeds all 17; the unused ones stay zeroed)."""
+    """The resource slots a device does not use (BARs it lacks, SR-IOV BARs without an SR-IOV capability,
+    bridge windows of a type 0 function): zero, shared by every such slot and never changed, so a device
+    has resource objects only for what it decodes (Linux's struct pci_dev embeds all 17; the unused ones
+    stay zeroed)."""
 
     __slots__ = ()
 
@@ -237,8 +238,7 @@ class PciDev:
         self.multifunction = False
         self.pcie_cap = self.pcie_flags = self.pcie_mpss = self.devcap = 0
         self.cfg_size = 256
-        self.resources = [Resource() for _ in range(PCI_IOV_RESOURCES)]
-        self.resources += [UNUSED_RESOURCE] * (PCI_NUM_RESOURCES - PCI_IOV_RESOURCES)
+        self.resources = [UNUSED_RESOURCE] * PCI_NUM_RESOURCES
         self.subordinate: PciBus | None = None
         self.transparent = self.io_window = self.pref_window = self.pref_64_window = False
         self.is_hotplug_bridge = self.ari_enabled = self.is_virtfn = self.is_physfn = False
@@ -256,6 +256,13 @@ class PciDev:
         self.driver = False
         self.vf_id = -1
 
+    def own_resource(self, idx: int) -> Resource:
+        """Resource ``idx``, made this device's own first if it was the shared unused one."""
+        res = self.resources[idx]
+        if res is UNUSED_RESOURCE:
+            res = self.resources[idx] = Resource()
+        return res
+
     def use_iov_resources(self) -> None:
         """Own resources for the SR-IOV BARs (sriov_init() found an SR-IOV capability)."""
         self._own(PCI_IOV_RESOURCES, PCI_BRIDGE_RESOURCES)
@@ -265,10 +272,8 @@ class PciDev:
         self._own(PCI_BRIDGE_RESOURCES, PCI_NUM_RESOURCES)
 
     def _own(self, first: int, end: int) -> None:
-        res = self.resources
         for i in range(first, end):
-            if res[i] is UNUSED_RESOURCE:
-                res[i] = Resource()
+            self.own_resource(i)
 
     # ------------------------------------------------------------------ derived facts
     @property

@@ -59,6 +59,10 @@ class _Port:
         self.captures = fn is not None and not fn.is_virtfn
 
 
+_NOBODY: Final = _Port(None)
+"""Where every unclaimed address lands (enumeration probes thousands of empty slots)."""
+
+
 def _unclaimed(off: int, size: int, what: str) -> int:
     """A request nobody claims: all ones for a read (a write is dropped), after the access checks."""
     if size not in (1, 2, 4) or off & (size - 1) or not 0 <= off < 4096:
@@ -253,7 +257,8 @@ class Topology:
         key = seg << 16 | busnr << 8 | devfn
         port = self._ports.get(key)
         if port is None:
-            port = self._ports[key] = _Port(self._resolve(seg, busnr, devfn))
+            fn = self._resolve(seg, busnr, devfn)
+            port = self._ports[key] = _Port(fn) if fn is not None else _NOBODY
         return port
 
     def find(self, seg: int, busnr: int, devfn: int) -> PciFunction | None:
