@@ -293,16 +293,18 @@ class ConfigSpace:
             self._check(off, size)
         # Worked on the whole dword: bits outside the written bytes are neither RW nor hit by value.
         dwi = off >> 2
+        w32 = self._w32
+        old = w32[dwi]
+        # RW bits take the value, the rest stay.
         if size == 4:
             m = 0xFFFFFFFF
             value &= m
+            new = old ^ ((old ^ value) & self._rw32[dwi])
         else:
             sh = (off & 3) << 3
             m = _SIZE_MASK[size] << sh
             value = (value << sh) & m
-        w32 = self._w32
-        old = w32[dwi]
-        new = old ^ ((old ^ value) & self._rw32[dwi] & m)     # RW bits take the value, the rest stay
+            new = old ^ ((old ^ value) & self._rw32[dwi] & m)
         if self._special[dwi]:
             new &= ~(value & self._w1c32[dwi])
             new |= value & self._w1s32[dwi]

@@ -79,7 +79,7 @@ class ConfigAddress:
     def __init__(self, topology: Topology, seg: int, busnr: int, devfn: int) -> None:
         self._topo, self.seg, self.busnr, self.devfn = topology, seg, busnr, devfn
         self._key = seg << 16 | busnr << 8 | devfn
-        self._get = topology._ports.get     # the port dict is only ever cleared, never replaced
+        self._get = topology._port_of       # the port dict is only ever cleared, never replaced
 
     def read(self, off: int, size: int) -> int:
         """A configuration read of this address."""
@@ -180,6 +180,7 @@ class Topology:
         """(segment, bus) -> (Bus, Type 0 here?) or None; dropped whenever routing may change."""
         self._ports: dict[int, _Port] = {}
         """(segment, bus, devfn) -> where a request lands now; dropped with the routes."""
+        self._port_of = self._ports.get     # one bound lookup shared by every ConfigAddress
 
     def add_host_bridge(self, segment: int = 0, bus_start: int = 0, bus_end: int = 0xFF,
                         apertures: tuple[Aperture, ...] = ()) -> RootComplex:
