@@ -95,7 +95,7 @@ class _UnusedResource(Resource):
 
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError(f"resource attribute {name!r}: this slot is unused by its device and shared; "
-                             "give the device its own resources first (PciDev.use_*_resources)")
+                             "give the device its own first (PciDev.own_resource, use_*_resources)")
 
 
 def _unused_resource() -> Resource:
