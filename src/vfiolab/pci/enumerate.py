@@ -45,7 +45,7 @@ from vfiolab.pci.pcidev import (
     SriovInfo,
 )
 from vfiolab.pci.resources import Allocator, Assigner, is_optional
-from vfiolab.pci.topology import Topology
+from vfiolab.pci.topology import ConfigAddress, Topology
 
 # ---------------------------------------------------------------------------- register numbers (pci_regs.h)
 CAP_ID_PM = 0x01
@@ -921,6 +921,8 @@ class Enumeration:
         self.unassigned: list[tuple[PciDev, int]] = []
         self.notes: list[str] = []
         """What enumeration could not do as Linux would (empty when all went as on a real machine)."""
+        self._lpc: dict[PciBus, ConfigAddress] = {}
+        """Config accessors of device 31.0 (the Intel PCH LPC bridge) per bus, for the ACS quirks."""
 
     # ------------------------------------------------------------------ boot
     def boot(self) -> None:
@@ -970,13 +972,11 @@ class Enumeration:
         if self.options.iommu:
             # pci_dma_configure() -> pci_enable_acs() when the IOMMU probes the device; Intel PCH root
             # port quirks read the LPC bridge at device 31.0 of the same bus.
-            seg, busnr, rd = dev.seg, dev.bus.number, self.topology.config_read
-
-            def read_lpc(off: int, size: int) -> int:
-                return rd(seg, busnr, 0xF8, off, size)
-
+            lpc = self._lpc.get(dev.bus)
+            if lpc is None:
+                lpc = self._lpc[dev.bus] = self.topology.address(dev.seg, dev.bus.number, 0xF8)
             program_acs(dev.read, dev.write, vendor=dev.vendor, device=dev.device,
-                        pcie_type=dev.pcie_type if dev.is_pcie else None, acs_pos=dev.acs_cap, read_lpc=read_lpc)
+                        pcie_type=dev.pcie_type if dev.is_pcie else None, acs_pos=dev.acs_cap, read_lpc=lpc.read)
 
     # ------------------------------------------------------------------ drivers
     def enable_device(self, dev: PciDev, mem_only: bool = False) -> bool:
