@@ -19,7 +19,7 @@ from typing import Final
 import vfiolab.pci.caps as caps_pkg
 from vfiolab.pci.caps.base import EXT_DECODERS, STD_DECODERS, Decoder
 from vfiolab.pci.decode import DecodeContext
-from vfiolab.pci.lspci import legacy_caps
+from vfiolab.pci.lspci import legacy_caps, legacy_ecaps
 from vfiolab.pci.lspci.device import Device
 
 # IDs lspci 3.9 names without decoding (ls-caps.c / ls-ecaps.c switch cases that only print a name).
@@ -67,6 +67,7 @@ def load_decoders() -> None:
         importlib.import_module(f"{caps_pkg.__name__}.{info.name}")
     # Conventional-PCI capabilities the model never builds still print as lspci prints them.
     legacy_caps.register_missing()
+    legacy_ecaps.register_missing()
     _loaded = True
 
 
