@@ -12,7 +12,7 @@ random part (the seed is printed: `vfiolab diff --random 1 --seed S --index K --
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from kselftest_cache import kernel_dir
@@ -41,7 +41,9 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DiffReport]:
     yield rep
 
 
-def test_no_new_divergence(report: DiffReport) -> None:
+def test_no_new_divergence(report: DiffReport, record_property: Callable[[str, object], None]) -> None:
+    record_property("summary", f"vfiolab diff against Linux: random {COUNT} sequences (seed {SEED}, length "
+                    f"{LENGTH}) + corpus; " + "; ".join(summary_lines(report)))
     new = [str(c.divergence) for i, c in enumerate(report.comparisons) if report.outcome(i) == "diverge"]
     assert not new, "\n\n".join(new)
 
