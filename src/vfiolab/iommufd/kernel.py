@@ -35,6 +35,7 @@ from vfiolab.iommufd.kernel_mm import (
     libc,
     raise_errno,
 )
+from vfiolab.iommufd.results import FaultQueue, HwInfo, IovaRanges, MockDomainOut, UapiErrorWithOutput
 
 U8, U16, U32, S32, U64 = ctypes.c_uint8, ctypes.c_uint16, ctypes.c_uint32, ctypes.c_int32, ctypes.c_uint64
 CType = type[ctypes.Structure] | type[ctypes.Union]
@@ -271,52 +272,6 @@ def unpack(obj: Any) -> dict[str, int]:
     if "in_data_type" in out:
         out["data_type"] = out["in_data_type"]
     return out
-
-
-class UapiErrorWithOutput(UapiError):
-    """A failed ioctl that still wrote its struct back (IOAS_IOVA_RANGES' EMSGSIZE, HWPT_INVALIDATE's
-    partial ``entry_num``): ``out`` holds the members as written (the model raises the same shape)."""
-
-    def __init__(self, err: UapiError, out: dict[str, int]) -> None:
-        super().__init__(err.errno, err.message)
-        self.out = out
-
-
-# The result records, with the model's field names (vfiolab.iommufd.main / mock define the same ones, but
-# importing them would pull in numpy; tests/unit/test_iommufd_kernel_structs.py holds the fields equal).
-@dataclass(frozen=True)
-class IovaRanges:
-    """IOMMU_IOAS_IOVA_RANGES output."""
-
-    num_iovas: int
-    out_iova_alignment: int
-
-
-@dataclass(frozen=True)
-class HwInfo:
-    """IOMMU_GET_HW_INFO output."""
-
-    data_len: int
-    out_data_type: int
-    out_max_pasid_log2: int
-    out_capabilities: int
-
-
-@dataclass(frozen=True)
-class FaultQueue:
-    """IOMMU_FAULT_QUEUE_ALLOC output."""
-
-    out_fault_id: int
-    out_fault_fd: int
-
-
-@dataclass(frozen=True)
-class MockDomainOut:
-    """IOMMU_TEST_OP_MOCK_DOMAIN output."""
-
-    stdev_id: int
-    hwpt_id: int
-    idev_id: int
 
 
 class _Scratch:

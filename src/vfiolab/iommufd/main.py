@@ -19,7 +19,6 @@ import errno
 import struct
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar, Final, Self
 
 from vfiolab.errors import UapiError, VfiolabError
@@ -29,6 +28,7 @@ from vfiolab.iommufd.device import IommufdGroup
 from vfiolab.iommufd.immap import MmapTree
 from vfiolab.iommufd.objects import IommufdObject, ObjectTable
 from vfiolab.iommufd.pages import IOPT_PAGES_ACCOUNT_MM, IOPT_PAGES_ACCOUNT_USER
+from vfiolab.iommufd.results import FaultQueue, HwInfo, IovaRanges, UapiErrorWithOutput
 from vfiolab.iommufd.task import Task
 from vfiolab.iommufd.ucmd import (
     LocalBuffer,
@@ -46,40 +46,6 @@ if TYPE_CHECKING:
 
 Handler = Callable[[Ucmd], int]
 
-
-class UapiErrorWithOutput(UapiError):
-    """A failed ioctl that still wrote its struct back (IOAS_IOVA_RANGES' EMSGSIZE, HWPT_INVALIDATE's
-    partial ``entry_num``): ``out`` holds the members as written."""
-
-    def __init__(self, err: UapiError, out: dict[str, int]) -> None:
-        super().__init__(err.errno, err.message)
-        self.out = out
-
-
-@dataclass(frozen=True)
-class IovaRanges:
-    """IOMMU_IOAS_IOVA_RANGES output."""
-
-    num_iovas: int
-    out_iova_alignment: int
-
-
-@dataclass(frozen=True)
-class HwInfo:
-    """IOMMU_GET_HW_INFO output."""
-
-    data_len: int
-    out_data_type: int
-    out_max_pasid_log2: int
-    out_capabilities: int
-
-
-@dataclass(frozen=True)
-class FaultQueue:
-    """IOMMU_FAULT_QUEUE_ALLOC output."""
-
-    out_fault_id: int
-    out_fault_fd: int
 
 
 def _handlers() -> dict[str, Handler]:

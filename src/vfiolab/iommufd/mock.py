@@ -49,6 +49,7 @@ from vfiolab.iommufd.ioas import get_ioas
 from vfiolab.iommufd.mock_viommu import SelftestDriver
 from vfiolab.iommufd.objects import IommufdObject, ObjType
 from vfiolab.iommufd.pages import IoptPages, alloc_dmabuf_pages, set_temp_memory_limit
+from vfiolab.iommufd.results import MockDomainOut
 from vfiolab.iommufd.uapi import PAGE_SIZE, ULONG_MAX
 from vfiolab.iommufd.ucmd import Ucmd
 from vfiolab.iommufd.userdata import UserData, copy_user_data
@@ -769,15 +770,6 @@ def test_cmd(ucmd: Ucmd) -> int:
 
 
 # ---------------------------------------------------------------------- Python API
-@dataclass(frozen=True)
-class MockDomainOut:
-    """IOMMU_TEST_OP_MOCK_DOMAIN output."""
-
-    stdev_id: int
-    hwpt_id: int
-    idev_id: int
-
-
 class SelftestOps:
     """IOMMU_TEST_OP_* as methods of an :class:`~vfiolab.iommufd.main.Iommufd` with the mock."""
 
